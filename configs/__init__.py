@@ -1,0 +1,24 @@
+"""Typed configuration (pydantic) and the YAML files that hold its values."""
+
+from configs.loader import ConfigError, load_config
+from configs.schema import (
+    ArchiveConfig,
+    CtrConfig,
+    JoinConfig,
+    JoinerConfig,
+    KafkaConfig,
+    StreamrlConfig,
+    TopicsConfig,
+)
+
+__all__ = [
+    "ArchiveConfig",
+    "ConfigError",
+    "CtrConfig",
+    "JoinConfig",
+    "JoinerConfig",
+    "KafkaConfig",
+    "StreamrlConfig",
+    "TopicsConfig",
+    "load_config",
+]

@@ -1,0 +1,131 @@
+"""The one typed config for streamrl (STYLE.md §5).
+
+Every field says its unit and where its value comes from: "issue #2" (the project's contract),
+"paper Eq.N", "seed code" (the authors' released code), or "ops" (an operational choice made here).
+Unknown keys are errors everywhere (`extra="forbid"`). Secrets never live in YAML: the SASL password
+and SSL key password are read from the environment (see `KafkaConfig.secrets_from_env`).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TopicsConfig(Section):
+    impressions: str = "streamrl.impressions"  # issue #2 contract, key = request_id
+    clicks: str = "streamrl.clicks"  # issue #2 contract, key = request_id
+    orders: str = "streamrl.orders"  # issue #2 contract, key = request_id
+    items: str = "streamrl.items"  # issue #2 contract, key = item_id
+    rewards: str = "streamrl.rewards"  # output: reward records, JSON batches (docs/architecture.md)
+    dlq: str = "streamrl.dlq"  # output: dead letters with reason and provenance
+    partitions: int = Field(4, ge=1)  # ops: partitions created for each topic by `ensure_topics`
+
+
+class KafkaConfig(Section):
+    """Connection settings, passed through to kafka-python. Point at production here."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"  # ops: host:port[,host:port]
+    client_id: str = "streamrl"  # ops
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
+    sasl_plain_username: str | None = None  # ops; the password comes from $STREAMRL_KAFKA_SASL_PASSWORD
+    ssl_cafile: str | None = None  # ops: path to CA bundle
+    ssl_certfile: str | None = None  # ops: client certificate (PEM)
+    ssl_keyfile: str | None = None  # ops: client key; its password from $STREAMRL_KAFKA_SSL_PASSWORD
+    ssl_check_hostname: bool = True  # ops
+    join_group: str = "streamrl-joiner"  # ops: consumer group of the joiner members
+    archive_group: str = "streamrl-archiver"  # ops: consumer group of the Parquet archiver
+    session_timeout_ms: int = Field(10000, ge=1000)  # ops: member liveness (BROKER.md: 6000 in tests)
+    heartbeat_interval_ms: int = Field(2000, ge=100)  # ops
+    topics: TopicsConfig = TopicsConfig()
+
+    def client_kwargs(self) -> dict[str, object]:
+        """kafka-python keyword arguments shared by consumers, producers and admin clients."""
+        kw: dict[str, object] = {
+            "bootstrap_servers": self.bootstrap_servers.split(","),
+            "client_id": self.client_id,
+            "security_protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            kw["sasl_mechanism"] = self.sasl_mechanism
+            kw["sasl_plain_username"] = self.sasl_plain_username
+            kw["sasl_plain_password"] = os.environ.get("STREAMRL_KAFKA_SASL_PASSWORD")
+        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            if getattr(self, name):
+                kw[name] = getattr(self, name)
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            kw["ssl_check_hostname"] = self.ssl_check_hostname
+            if os.environ.get("STREAMRL_KAFKA_SSL_PASSWORD"):
+                kw["ssl_password"] = os.environ["STREAMRL_KAFKA_SSL_PASSWORD"]
+        return kw
+
+
+class CtrConfig(Section):
+    """Calibrated posterior CTR (paper §3.4.1 R_CTR; formula in rewards/ctr.py)."""
+
+    prior_ctr: float = Field(0.05, gt=0.0, lt=1.0)  # ops: global prior mean before any data
+    global_strength: float = Field(100.0, ge=0.0)  # ops: pseudo-impressions behind prior_ctr
+    item_strength: float = Field(20.0, ge=0.0)  # ops: pseudo-impressions shrinking item → global
+    query_item_strength: float = Field(10.0, ge=0.0)  # ops: shrinking (query,item) → item
+    half_life_s: float = Field(3 * 86400.0, gt=0.0)  # ops: exponential decay of counts, event time
+    clip_eps: float = Field(1e-3, gt=0.0, lt=0.5)  # paper: "clipped to (0, 1)": [eps, 1-eps]
+    max_entries: int = Field(2_000_000, ge=1000)  # ops: (query,item) pairs kept; weakest pruned
+
+
+class JoinConfig(Section):
+    """Join semantics of issue #2 (docs/architecture.md, "Join semantics")."""
+
+    window_s: float = Field(600.0, gt=0.0)  # issue #2: attribution window after the impression
+    allowed_lateness_s: float = Field(30.0, ge=0.0)  # issue #2: watermark = max ts - this
+    idle_finalize_s: float = Field(60.0, gt=0.0)  # issue #2: wall-clock idle flush of open state
+    orphan_ttl_s: float = Field(120.0, ge=0.0)  # issue #2: event time a click waits for its impression
+    max_open_requests: int = Field(500_000, ge=1)  # issue #2: bound; oldest finalised early
+    history_len: int = Field(20, ge=0)  # issue #2: clicked item_ids carried in a record
+    max_users: int = Field(1_000_000, ge=1)  # ops: users whose history is remembered (LRU)
+    v_click: float = 3.0  # seed code value for a click (the paper's prose has 3/4 reversed)
+    v_order: float = 4.0  # seed code value for an order
+    ctr: CtrConfig = CtrConfig()
+
+
+class JoinerConfig(Section):
+    """The long-lived `streamrl join` process (the Kafka edge of the join)."""
+
+    commit_interval_s: float = Field(2.0, gt=0.0)  # ops: produce+flush+commit cadence
+    max_batch_records: int = Field(500, ge=1)  # ops: reward records per output message
+    recovery_lookback_s: float = Field(3600.0, ge=0.0)  # ops: rewards-topic span re-read on start
+    poll_timeout_ms: int = Field(200, ge=1)  # ops
+    max_poll_records: int = Field(2000, ge=1)  # ops
+
+
+class ArchiveConfig(Section):
+    """Rolling Parquet archive of the rewards topic (stream/archive.py)."""
+
+    dir: str = "runs/local/archive"  # ops: where part files land
+    roll_records: int = Field(50_000, ge=1)  # ops: records per part file, at most
+    roll_s: float = Field(30.0, gt=0.0)  # ops: a part file is closed at least this often
+
+
+class MetricsConfig(Section):
+    host: str = "127.0.0.1"  # security: admin/metrics bind loopback unless configured
+    port: int = Field(0, ge=0, le=65535)  # ops: 0 = no metrics endpoint
+
+
+class StreamrlConfig(Section):
+    kafka: KafkaConfig = KafkaConfig()
+    join: JoinConfig = JoinConfig()
+    joiner: JoinerConfig = JoinerConfig()
+    archive: ArchiveConfig = ArchiveConfig()
+    metrics: MetricsConfig = MetricsConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> StreamrlConfig:
+        if self.kafka.heartbeat_interval_ms * 3 > self.kafka.session_timeout_ms:
+            raise ValueError("kafka.heartbeat_interval_ms must be at most a third of session_timeout_ms")
+        return self

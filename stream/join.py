@@ -1,0 +1,378 @@
+"""The impression ⋈ click ⋈ order join: pure state, clock passed in (docs/architecture.md).
+
+Rules, as numbered in the docs:
+ 1. An impression opens a request. A click/order on (request_id, item_id) is attributed when the item
+    was impressed and 0 <= ts - impression.ts <= window; otherwise it is dead-lettered
+    `item_not_impressed` or `outside_window`.
+ 2. Watermark = min over the input streams still catching up of (highest ts seen on it), minus
+    allowed_lateness; when every stream is caught up, the highest ts of any. With one stream (replay)
+    this is exactly "highest ts seen minus lateness"; with partitions it stops a stream that the
+    consumer happens to fetch ahead from making another stream's events late, so a replay after a
+    crash attributes the same clicks as the first pass. A request is finalised when the watermark
+    passes impression.ts + window, when no event has come for idle_finalize of the clock, or at the
+    end of input.
+ 3. A click/order before its impression waits up to orphan_ttl of event time past its own ts, then
+    is dead-lettered `orphan`.
+ 4. A repeated event_id is ignored (counted). A click/order for a finalised request is `late` —
+    unless that request's record already has that flag (a redelivery, counted, not dead-lettered).
+    An impression for a request that is already open or finalised is a redelivery too.
+ 5. At most max_open_requests are open; the oldest are finalised early (`evicted`) to make room.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from configs.schema import JoinConfig
+from rewards.ctr import CtrPrior, CtrTable
+from rewards.scores import co_score
+from stream.events import Action, Impression
+from stream.records import SCHEMA_VERSION, Record
+
+_NEG_INF = -(2**62)
+
+
+class Source(NamedTuple):
+    """Where an event came from: a topic partition and offset, or a file (partition -1) and line."""
+
+    stream: str
+    partition: int
+    offset: int
+
+    def as_dict(self) -> dict[str, Any]:
+        if self.partition < 0:
+            return {"file": self.stream, "line": self.offset}
+        return {"topic": self.stream, "partition": self.partition, "offset": self.offset}
+
+
+def dead_letter(reason: str, raw: bytes | str | None, src: Source, **extra: Any) -> dict[str, Any]:
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8", errors="replace")
+    return {"reason": reason, "raw": raw, "source": src.as_dict(), **extra}
+
+
+@dataclass(slots=True)
+class OpenRequest:
+    imp: Impression
+    item_ids: frozenset[str]
+    clicked: set[str] = field(default_factory=set)
+    ordered: set[str] = field(default_factory=set)
+    held: dict[tuple[str, int], int] = field(default_factory=dict)  # (topic, partition) -> offset
+
+
+class Finalized(NamedTuple):
+    ts_ms: int
+    clicked: frozenset[str]
+    ordered: frozenset[str]
+
+
+class Enricher:
+    """Member-wide state folded from finalised records: posterior CTR and users' click history."""
+
+    def __init__(self, cfg: JoinConfig) -> None:
+        c = cfg.ctr
+        prior = CtrPrior(
+            c.prior_ctr,
+            c.global_strength,
+            c.item_strength,
+            c.query_item_strength,
+            c.half_life_s,
+            c.clip_eps,
+        )
+        self.ctr = CtrTable(prior, c.max_entries)
+        self.history_len = cfg.history_len
+        self.max_users = cfg.max_users
+        self.v_click = cfg.v_click
+        self.v_order = cfg.v_order
+        self._history: OrderedDict[str, list[tuple[int, str]]] = OrderedDict()
+
+    def history(self, user_id: str, before_ms: int) -> list[str]:
+        """Clicked item_ids of the user's earlier finalised requests, newest first."""
+        entries = self._history.get(user_id)
+        if not entries:
+            return []
+        return [item for ts, item in entries if ts < before_ms][: self.history_len]
+
+    def build(self, req: OpenRequest, now_ms: int, reason: str) -> Record:
+        imp = req.imp
+        ctrs = self.ctr.score(imp.query, [it.item_id for it in imp.items], imp.ts_ms)
+        items = []
+        for it, ctr in zip(imp.items, ctrs, strict=True):
+            clicked = it.item_id in req.clicked
+            ordered = it.item_id in req.ordered
+            items.append(
+                {
+                    "item_id": it.item_id,
+                    "position": it.position,
+                    "rel_tier": it.rel_tier,
+                    "ctr": ctr,
+                    "clicked": clicked,
+                    "ordered": ordered,
+                    "co_score": co_score(clicked, ordered, self.v_click, self.v_order),
+                }
+            )
+        record = {
+            "request_id": imp.request_id,
+            "user_id": imp.user_id,
+            "query": imp.query,
+            "ts_ms": imp.ts_ms,
+            "finalized_ms": now_ms,
+            "keywords": list(imp.keywords),
+            "history": self.history(imp.user_id, imp.ts_ms),
+            "schema_version": SCHEMA_VERSION,
+            "finalize_reason": reason,
+            "items": items,
+        }
+        self.absorb(record)
+        return record
+
+    def absorb(self, record: Record) -> None:
+        """Fold one finalised record in (also used to rebuild state from the rewards topic)."""
+        items = record["items"]
+        self.ctr.observe(record["query"], [(it["item_id"], it["clicked"]) for it in items],
+                         record["ts_ms"])
+        if not self.history_len:
+            return
+        clicked = [it["item_id"] for it in sorted(items, key=lambda it: it["position"])
+                   if it["clicked"]]
+        if not clicked:
+            return
+        user, ts = record["user_id"], record["ts_ms"]
+        entries = self._history.pop(user, [])
+        keep = [(t, i) for t, i in entries if i not in clicked]
+        merged = sorted([(ts, i) for i in clicked] + keep, key=lambda e: -e[0])
+        self._history[user] = merged[: self.history_len * 2]
+        if len(self._history) > self.max_users:
+            self._history.popitem(last=False)
+
+
+class _Stream:
+    __slots__ = ("caught_up", "max_ts")
+
+    def __init__(self) -> None:
+        self.max_ts = _NEG_INF
+        self.caught_up = False
+
+
+class JoinState:
+    """One shard's open requests (a shard = one partition number of the three input topics)."""
+
+    def __init__(self, cfg: JoinConfig, enricher: Enricher, streams: tuple[str, ...] = ("in",)):
+        self.window_ms = int(cfg.window_s * 1000)
+        self.lateness_ms = int(cfg.allowed_lateness_s * 1000)
+        self.idle_ms = int(cfg.idle_finalize_s * 1000)
+        self.orphan_ttl_ms = int(cfg.orphan_ttl_s * 1000)
+        self.retention_ms = self.window_ms + self.lateness_ms + self.orphan_ttl_ms
+        self.max_open = cfg.max_open_requests
+        self.max_seen = 16 * cfg.max_open_requests
+        self.enricher = enricher
+        self.streams = {s: _Stream() for s in streams}
+        self.watermark = _NEG_INF
+        self.last_event_ms: int | None = None
+        self.open: dict[str, OpenRequest] = {}
+        self._deadlines: list[tuple[int, int, str]] = []  # (ts + window, seq, request_id)
+        self._orphans: dict[str, list[tuple[int, Action, bytes | str | None, Source]]] = {}
+        self._orphan_expiry: list[tuple[int, int, str]] = []  # (ts + ttl, seq, request_id)
+        self._seq = 0
+        self.finalized: OrderedDict[str, Finalized] = OrderedDict()
+        self._seen: OrderedDict[str, int] = OrderedDict()
+        self.records: list[Record] = []
+        self.dead: list[dict[str, Any]] = []
+        self.counts: Counter[str] = Counter()
+
+    # -- inputs -----------------------------------------------------------------------------
+    def on_event(
+        self, ev: Impression | Action, raw: bytes | str | None, src: Source, stream: str,
+        now_ms: int,
+    ) -> None:
+        self.last_event_ms = now_ms
+        self.counts["events"] += 1
+        if ev.event_id in self._seen:
+            self.counts["duplicates"] += 1
+            return
+        self._seen[ev.event_id] = ev.ts_ms
+        if isinstance(ev, Impression):
+            self._on_impression(ev, raw, src, now_ms)
+        else:
+            self._on_action(ev, raw, src)
+        st = self.streams[stream]
+        st.caught_up = False
+        if ev.ts_ms > st.max_ts:
+            st.max_ts = ev.ts_ms
+            self._advance(now_ms)
+
+    def set_caught_up(self, stream: str, caught_up: bool, now_ms: int) -> None:
+        """The edge says whether the consumer has read everything the stream holds."""
+        st = self.streams[stream]
+        if st.caught_up != caught_up:
+            st.caught_up = caught_up
+            self._advance(now_ms)
+
+    def tick(self, now_ms: int) -> None:
+        """Rule 2's idle clause: nothing arrived for idle_finalize → finalise everything."""
+        if self.last_event_ms is None or now_ms - self.last_event_ms < self.idle_ms:
+            return
+        if self.open or self._orphans:
+            self.finish(now_ms, reason="idle")
+
+    def finish(self, now_ms: int, reason: str = "end_of_input") -> None:
+        """End of input: every open request is finalised and every orphan dead-lettered."""
+        for rid in sorted(self.open, key=lambda r: (self.open[r].imp.ts_ms, r)):
+            self._finalize(rid, now_ms, reason)
+        for rid in list(self._orphans):
+            for _, act, raw, src in self._orphans.pop(rid):
+                self._dead("orphan", act, raw, src)
+        self._deadlines.clear()
+        self._orphan_expiry.clear()
+
+    def remember_finalized(self, record: Record) -> None:
+        """Recovery: a record already durable in the rewards topic (see stream/joiner.py)."""
+        items = record["items"]
+        self.finalized[record["request_id"]] = Finalized(
+            record["ts_ms"],
+            frozenset(it["item_id"] for it in items if it["clicked"]),
+            frozenset(it["item_id"] for it in items if it["ordered"]),
+        )
+
+    # -- outputs ----------------------------------------------------------------------------
+    def drain(self) -> tuple[list[Record], list[dict[str, Any]]]:
+        records, dead = self.records, self.dead
+        self.records, self.dead = [], []
+        return records, dead
+
+    def held_offsets(self) -> dict[tuple[str, int], int]:
+        """Lowest offset per input partition that open state still depends on (commit below it)."""
+        low: dict[tuple[str, int], int] = {}
+        for req in self.open.values():
+            for key, off in req.held.items():
+                if off < low.get(key, 2**62):
+                    low[key] = off
+        for pending in self._orphans.values():
+            for _, _, _, src in pending:
+                key = (src.stream, src.partition)
+                if src.offset < low.get(key, 2**62):
+                    low[key] = src.offset
+        return low
+
+    # -- rules ------------------------------------------------------------------------------
+    def _on_impression(self, imp: Impression, raw: bytes | str | None, src: Source, now: int) -> None:
+        rid = imp.request_id
+        self.counts["impressions"] += 1
+        if rid in self.open or rid in self.finalized:
+            self.counts["redelivered"] += 1  # rule 4
+            return
+        if len(self.open) >= self.max_open:  # rule 5
+            self._evict_oldest(now)
+        req = OpenRequest(imp, frozenset(it.item_id for it in imp.items))
+        req.held[(src.stream, src.partition)] = src.offset
+        self.open[rid] = req
+        self._seq += 1
+        heapq.heappush(self._deadlines, (imp.ts_ms + self.window_ms, self._seq, rid))
+        for _, act, a_raw, a_src in self._orphans.pop(rid, ()):  # rule 3: orphans meet their impression
+            self._attribute(req, act, a_raw, a_src)
+
+    def _on_action(self, act: Action, raw: bytes | str | None, src: Source) -> None:
+        self.counts[act.kind + "s"] += 1
+        req = self.open.get(act.request_id)
+        if req is not None:
+            self._attribute(req, act, raw, src)
+            return
+        fin = self.finalized.get(act.request_id)
+        if fin is not None:  # rule 4
+            done = fin.clicked if act.kind == "click" else fin.ordered
+            if act.item_id in done:
+                self.counts["redelivered"] += 1
+            else:
+                self._dead("late", act, raw, src)
+            return
+        self._seq += 1  # rule 3
+        self._orphans.setdefault(act.request_id, []).append((self._seq, act, raw, src))
+        heapq.heappush(self._orphan_expiry, (act.ts_ms + self.orphan_ttl_ms, self._seq,
+                                             act.request_id))
+
+    def _attribute(self, req: OpenRequest, act: Action, raw: bytes | str | None, src: Source) -> None:
+        if act.item_id not in req.item_ids:  # rule 1
+            self._dead("item_not_impressed", act, raw, src)
+            return
+        if not 0 <= act.ts_ms - req.imp.ts_ms <= self.window_ms:
+            self._dead("outside_window", act, raw, src)
+            return
+        (req.clicked if act.kind == "click" else req.ordered).add(act.item_id)
+        self.counts[f"attributed_{act.kind}s"] += 1
+        req.held.setdefault((src.stream, src.partition), src.offset)
+
+    def _advance(self, now_ms: int) -> None:
+        """Recompute the watermark (rule 2) and finalise / expire what it passes."""
+        catching_up = [s.max_ts for s in self.streams.values() if not s.caught_up]
+        if catching_up:
+            mark = min(catching_up)
+        else:
+            mark = max(s.max_ts for s in self.streams.values())
+        if mark == _NEG_INF:
+            return
+        wm = mark - self.lateness_ms
+        if wm <= self.watermark:
+            return
+        self.watermark = wm
+        while self._deadlines and self._deadlines[0][0] < wm:
+            _, _, rid = heapq.heappop(self._deadlines)
+            if rid in self.open:
+                self._finalize(rid, now_ms, "watermark")
+        while self._orphan_expiry and self._orphan_expiry[0][0] < wm:
+            _, seq, rid = heapq.heappop(self._orphan_expiry)
+            self._expire_orphan(rid, seq)
+        self._forget(wm - self.retention_ms)
+
+    def _expire_orphan(self, rid: str, seq: int) -> None:
+        pending = self._orphans.get(rid)
+        if not pending:
+            return
+        for i, (s, act, raw, src) in enumerate(pending):
+            if s == seq:
+                del pending[i]
+                self._dead("orphan", act, raw, src)
+                break
+        if not pending:
+            del self._orphans[rid]
+
+    def _forget(self, horizon_ms: int) -> None:
+        """Drop seen event ids and finalised requests older than any event that can still matter."""
+        seen, fin = self._seen, self.finalized
+        while len(seen) > self.max_seen:
+            seen.popitem(last=False)
+        while seen:
+            eid, ts = next(iter(seen.items()))
+            if ts >= horizon_ms:
+                break
+            seen.popitem(last=False)
+        while fin:
+            rid, info = next(iter(fin.items()))
+            if info.ts_ms >= horizon_ms:
+                break
+            fin.popitem(last=False)
+
+    def _evict_oldest(self, now_ms: int) -> None:
+        while self._deadlines:
+            _, _, rid = heapq.heappop(self._deadlines)
+            if rid in self.open:
+                self._finalize(rid, now_ms, "evicted")
+                self.counts["evicted"] += 1
+                return
+
+    def _finalize(self, rid: str, now_ms: int, reason: str) -> None:
+        req = self.open.pop(rid)
+        self.records.append(self.enricher.build(req, now_ms, reason))
+        self.finalized[rid] = Finalized(
+            req.imp.ts_ms, frozenset(req.clicked), frozenset(req.ordered)
+        )
+        self.counts["records"] += 1
+        self.counts[f"finalized_{reason}"] += 1
+
+    def _dead(self, reason: str, act: Action, raw: bytes | str | None, src: Source) -> None:
+        self.dead.append(
+            dead_letter(reason, raw, src, event_id=act.event_id, request_id=act.request_id)
+        )
+        self.counts[f"dead_{reason}"] += 1
