@@ -41,7 +41,6 @@ class KafkaConfig(Section):
     ssl_keyfile: str | None = None  # ops: client key; its password from $STREAMRL_KAFKA_SSL_PASSWORD
     ssl_check_hostname: bool = True  # ops
     join_group: str = "streamrl-joiner"  # ops: consumer group of the joiner members
-    archive_group: str = "streamrl-archiver"  # ops: consumer group of the Parquet archiver
     session_timeout_ms: int = Field(10000, ge=1000)  # ops: member liveness (BROKER.md: 6000 in tests)
     heartbeat_interval_ms: int = Field(2000, ge=100)  # ops
     topics: TopicsConfig = TopicsConfig()

@@ -20,10 +20,11 @@ Decay without touching every entry: observations are stored scaled by w(t_obs) =
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 _REBASE_EXP = 256.0
+_EMPTY: dict[str, list[float]] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,37 +92,45 @@ class CtrTable:
             self._now_ms = max(ts_ms, self._now_ms)
             self._scale_now = self._scale(self._now_ms)
 
-    def score(self, query: str, item_ids: Iterable[str], ts_ms: int) -> list[float]:
-        """Posterior CTR of each item for `query`, as of event time `ts_ms` (reads only)."""
+    def score(self, query: str, item_ids: Sequence[str], ts_ms: int) -> list[float]:
+        """Posterior CTR of each item for `query`, as of event time `ts_ms` (reads only).
+
+        `posterior_ctr` inlined: this runs for every impressed item of every request.
+        """
         self._advance(ts_ms)
         inv = 1.0 / self._scale_now
-        prior = self.prior
-        c_g, n_g = self._global[0] * inv, self._global[1] * inv
-        per_item = self._pairs.get(query, {})
+        pr = self.prior
+        m_g, m_i, m_qi = pr.global_strength, pr.item_strength, pr.query_item_strength
+        lo, hi = pr.clip_eps, 1.0 - pr.clip_eps
+        p_g = (self._global[0] * inv + m_g * pr.prior_ctr) / (self._global[1] * inv + m_g)
+        items = self._items
+        per_item = self._pairs.get(query, _EMPTY)
         zero = (0.0, 0.0)
         out = []
         for item_id in item_ids:
-            ci = self._items.get(item_id, zero)
+            ci = items.get(item_id, zero)
             cqi = per_item.get(item_id, zero)
-            out.append(
-                posterior_ctr(cqi[0] * inv, cqi[1] * inv, ci[0] * inv, ci[1] * inv, c_g, n_g, prior)
-            )
+            p_i = (ci[0] * inv + m_i * p_g) / (ci[1] * inv + m_i)
+            p = (cqi[0] * inv + m_qi * p_i) / (cqi[1] * inv + m_qi)
+            out.append(lo if p < lo else hi if p > hi else p)
         return out
 
-    def observe(self, query: str, outcomes: Iterable[tuple[str, bool]], ts_ms: int) -> None:
-        """Count one finalised request: (item_id, clicked) for every impressed item."""
+    def observe(self, query: str, item_ids: Sequence[str], clicked: Sequence[bool], ts_ms: int) -> None:
+        """Count one finalised request: every impressed item, and whether it was clicked."""
         self._advance(ts_ms)
         w = self._scale(ts_ms)
         per_item = self._pairs.get(query)
         if per_item is None:
             per_item = self._pairs[query] = {}
-        for item_id, clicked in outcomes:
-            click = w if clicked else 0.0
-            self._global[0] += click
-            self._global[1] += w
-            ci = self._items.get(item_id)
+        items = self._items
+        g = self._global
+        for item_id, was_clicked in zip(item_ids, clicked, strict=True):
+            click = w if was_clicked else 0.0
+            g[0] += click
+            g[1] += w
+            ci = items.get(item_id)
             if ci is None:
-                self._items[item_id] = [click, w]
+                items[item_id] = [click, w]
             else:
                 ci[0] += click
                 ci[1] += w

@@ -23,14 +23,14 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter, OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from configs.schema import JoinConfig
 from rewards.ctr import CtrPrior, CtrTable
-from rewards.scores import co_score
-from stream.events import Action, Impression
-from stream.records import SCHEMA_VERSION, Record
+from stream.events import Action, Click, Impression
+from stream.records import Record, RecordColumns
 
 _NEG_INF = -(2**62)
 
@@ -96,54 +96,58 @@ class Enricher:
             return []
         return [item for ts, item in entries if ts < before_ms][: self.history_len]
 
-    def build(self, req: OpenRequest, now_ms: int, reason: str) -> Record:
+    def build(self, req: OpenRequest, now_ms: int, reason: str, sink: RecordColumns) -> None:
+        """Score one finalised request into `sink` (one record), then fold it into the state."""
         imp = req.imp
-        ctrs = self.ctr.score(imp.query, [it.item_id for it in imp.items], imp.ts_ms)
-        items = []
-        for it, ctr in zip(imp.items, ctrs, strict=True):
-            clicked = it.item_id in req.clicked
-            ordered = it.item_id in req.ordered
-            items.append(
-                {
-                    "item_id": it.item_id,
-                    "position": it.position,
-                    "rel_tier": it.rel_tier,
-                    "ctr": ctr,
-                    "clicked": clicked,
-                    "ordered": ordered,
-                    "co_score": co_score(clicked, ordered, self.v_click, self.v_order),
-                }
-            )
-        record = {
-            "request_id": imp.request_id,
-            "user_id": imp.user_id,
-            "query": imp.query,
-            "ts_ms": imp.ts_ms,
-            "finalized_ms": now_ms,
-            "keywords": list(imp.keywords),
-            "history": self.history(imp.user_id, imp.ts_ms),
-            "schema_version": SCHEMA_VERSION,
-            "finalize_reason": reason,
-            "items": items,
-        }
-        self.absorb(record)
-        return record
+        ids = [it.item_id for it in imp.items]
+        clicked = [i in req.clicked for i in ids] if req.clicked else [False] * len(ids)
+        ordered = [i in req.ordered for i in ids] if req.ordered else [False] * len(ids)
+        vc, vo = self.v_click, self.v_order
+        co = [vo if o else (vc if c else 0.0) for c, o in zip(clicked, ordered, strict=True)]
+        ctr = self.ctr.score(imp.query, ids, imp.ts_ms)  # before this request is counted
+        positions = [it.position for it in imp.items]
+        tiers = [-1 if it.rel_tier is None else it.rel_tier for it in imp.items]
+        sink.add(
+            imp.request_id,
+            imp.user_id,
+            imp.query,
+            imp.ts_ms,
+            now_ms,
+            imp.keywords,
+            self.history(imp.user_id, imp.ts_ms),
+            reason,
+            (ids, positions, tiers, ctr, clicked, ordered, co),
+        )
+        self._fold(imp.query, imp.user_id, imp.ts_ms, ids, positions, clicked)
 
     def absorb(self, record: Record) -> None:
-        """Fold one finalised record in (also used to rebuild state from the rewards topic)."""
+        """Fold a record read back from the rewards topic (recovery)."""
         items = record["items"]
-        self.ctr.observe(record["query"], [(it["item_id"], it["clicked"]) for it in items],
-                         record["ts_ms"])
-        if not self.history_len:
+        self._fold(
+            record["query"],
+            record["user_id"],
+            record["ts_ms"],
+            [it["item_id"] for it in items],
+            [it["position"] for it in items],
+            [it["clicked"] for it in items],
+        )
+
+    def _fold(
+        self,
+        query: str,
+        user: str,
+        ts: int,
+        ids: Sequence[str],
+        positions: Sequence[int],
+        clicked: Sequence[bool],
+    ) -> None:
+        self.ctr.observe(query, ids, clicked, ts)
+        if not self.history_len or not any(clicked):
             return
-        clicked = [it["item_id"] for it in sorted(items, key=lambda it: it["position"])
-                   if it["clicked"]]
-        if not clicked:
-            return
-        user, ts = record["user_id"], record["ts_ms"]
+        new = [i for _, i, c in sorted(zip(positions, ids, clicked, strict=True)) if c]
         entries = self._history.pop(user, [])
-        keep = [(t, i) for t, i in entries if i not in clicked]
-        merged = sorted([(ts, i) for i in clicked] + keep, key=lambda e: -e[0])
+        keep = [(t, i) for t, i in entries if i not in new]
+        merged = sorted([(ts, i) for i in new] + keep, key=lambda e: -e[0])
         self._history[user] = merged[: self.history_len * 2]
         if len(self._history) > self.max_users:
             self._history.popitem(last=False)
@@ -179,13 +183,17 @@ class JoinState:
         self._seq = 0
         self.finalized: OrderedDict[str, Finalized] = OrderedDict()
         self._seen: OrderedDict[str, int] = OrderedDict()
-        self.records: list[Record] = []
+        self.records = RecordColumns()
         self.dead: list[dict[str, Any]] = []
         self.counts: Counter[str] = Counter()
 
     # -- inputs -----------------------------------------------------------------------------
     def on_event(
-        self, ev: Impression | Action, raw: bytes | str | None, src: Source, stream: str,
+        self,
+        ev: Impression | Action,
+        raw: bytes | str | None,
+        src: Source,
+        stream: str,
         now_ms: int,
     ) -> None:
         self.last_event_ms = now_ms
@@ -238,9 +246,9 @@ class JoinState:
         )
 
     # -- outputs ----------------------------------------------------------------------------
-    def drain(self) -> tuple[list[Record], list[dict[str, Any]]]:
+    def drain(self) -> tuple[RecordColumns, list[dict[str, Any]]]:
         records, dead = self.records, self.dead
-        self.records, self.dead = [], []
+        self.records, self.dead = RecordColumns(), []
         return records, dead
 
     def held_offsets(self) -> dict[tuple[str, int], int]:
@@ -266,7 +274,7 @@ class JoinState:
             return
         if len(self.open) >= self.max_open:  # rule 5
             self._evict_oldest(now)
-        req = OpenRequest(imp, frozenset(it.item_id for it in imp.items))
+        req = OpenRequest(imp, frozenset([it.item_id for it in imp.items]))
         req.held[(src.stream, src.partition)] = src.offset
         self.open[rid] = req
         self._seq += 1
@@ -275,14 +283,15 @@ class JoinState:
             self._attribute(req, act, a_raw, a_src)
 
     def _on_action(self, act: Action, raw: bytes | str | None, src: Source) -> None:
-        self.counts[act.kind + "s"] += 1
+        kind = "click" if type(act) is Click else "order"
+        self.counts[kind + "s"] += 1
         req = self.open.get(act.request_id)
         if req is not None:
             self._attribute(req, act, raw, src)
             return
         fin = self.finalized.get(act.request_id)
         if fin is not None:  # rule 4
-            done = fin.clicked if act.kind == "click" else fin.ordered
+            done = fin.clicked if kind == "click" else fin.ordered
             if act.item_id in done:
                 self.counts["redelivered"] += 1
             else:
@@ -290,8 +299,7 @@ class JoinState:
             return
         self._seq += 1  # rule 3
         self._orphans.setdefault(act.request_id, []).append((self._seq, act, raw, src))
-        heapq.heappush(self._orphan_expiry, (act.ts_ms + self.orphan_ttl_ms, self._seq,
-                                             act.request_id))
+        heapq.heappush(self._orphan_expiry, (act.ts_ms + self.orphan_ttl_ms, self._seq, act.request_id))
 
     def _attribute(self, req: OpenRequest, act: Action, raw: bytes | str | None, src: Source) -> None:
         if act.item_id not in req.item_ids:  # rule 1
@@ -300,17 +308,18 @@ class JoinState:
         if not 0 <= act.ts_ms - req.imp.ts_ms <= self.window_ms:
             self._dead("outside_window", act, raw, src)
             return
-        (req.clicked if act.kind == "click" else req.ordered).add(act.item_id)
-        self.counts[f"attributed_{act.kind}s"] += 1
+        if type(act) is Click:
+            req.clicked.add(act.item_id)
+            self.counts["attributed_clicks"] += 1
+        else:
+            req.ordered.add(act.item_id)
+            self.counts["attributed_orders"] += 1
         req.held.setdefault((src.stream, src.partition), src.offset)
 
     def _advance(self, now_ms: int) -> None:
         """Recompute the watermark (rule 2) and finalise / expire what it passes."""
         catching_up = [s.max_ts for s in self.streams.values() if not s.caught_up]
-        if catching_up:
-            mark = min(catching_up)
-        else:
-            mark = max(s.max_ts for s in self.streams.values())
+        mark = min(catching_up) if catching_up else max(s.max_ts for s in self.streams.values())
         if mark == _NEG_INF:
             return
         wm = mark - self.lateness_ms
@@ -344,12 +353,12 @@ class JoinState:
         while len(seen) > self.max_seen:
             seen.popitem(last=False)
         while seen:
-            eid, ts = next(iter(seen.items()))
+            _, ts = next(iter(seen.items()))
             if ts >= horizon_ms:
                 break
             seen.popitem(last=False)
         while fin:
-            rid, info = next(iter(fin.items()))
+            _, info = next(iter(fin.items()))
             if info.ts_ms >= horizon_ms:
                 break
             fin.popitem(last=False)
@@ -364,15 +373,11 @@ class JoinState:
 
     def _finalize(self, rid: str, now_ms: int, reason: str) -> None:
         req = self.open.pop(rid)
-        self.records.append(self.enricher.build(req, now_ms, reason))
-        self.finalized[rid] = Finalized(
-            req.imp.ts_ms, frozenset(req.clicked), frozenset(req.ordered)
-        )
+        self.enricher.build(req, now_ms, reason, self.records)
+        self.finalized[rid] = Finalized(req.imp.ts_ms, frozenset(req.clicked), frozenset(req.ordered))
         self.counts["records"] += 1
         self.counts[f"finalized_{reason}"] += 1
 
     def _dead(self, reason: str, act: Action, raw: bytes | str | None, src: Source) -> None:
-        self.dead.append(
-            dead_letter(reason, raw, src, event_id=act.event_id, request_id=act.request_id)
-        )
+        self.dead.append(dead_letter(reason, raw, src, event_id=act.event_id, request_id=act.request_id))
         self.counts[f"dead_{reason}"] += 1

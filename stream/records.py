@@ -1,30 +1,32 @@
 """The reward record: the join's output type (one per finalised request), its Arrow schema, and its
-wire forms (a JSON array of records per Kafka message; Parquet files in the archive and in replay).
+wire forms (Arrow IPC batches on the rewards topic; Parquet in the archive and in replay output).
 
 Schema (schema_version 1), see docs/architecture.md "Reward record":
 
     request_id str, user_id str, query str, ts_ms int64 (impression time), finalized_ms int64,
     keywords list<str>, history list<str> (newest first), schema_version int32,
-    finalize_reason str (watermark | idle | evicted | end_of_input | shutdown),
+    finalize_reason str (watermark | idle | evicted | end_of_input),
     items list<struct<item_id str, position int32, rel_tier int8 (-1 unknown), ctr float64,
                       clicked bool, ordered bool, co_score float64>>
 
-Records are plain dicts on the hot path (orjson writes them without a conversion step); `RecordColumns`
-builds the Arrow table column by column, which is several times cheaper than `Table.from_pylist`.
+Records are built column by column (`RecordColumns`), never as a dict per item: the join runs once
+per request on the hot path, and Arrow takes the columns in a few C calls. One Kafka message holds
+one Arrow IPC stream of up to `joiner.max_batch_records` records (kafka-python produces only ~20k
+messages/s, ../shared/BROKER.md), and the learner and the archiver read it back without a parse step.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import os
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 SCHEMA_VERSION = 1
-CONTENT_TYPE = b"application/vnd.streamrl.records+json; v=1"
+CONTENT_TYPE = b"application/vnd.apache.arrow.stream; schema=streamrl.reward.v1"
 
 ITEM_TYPE = pa.struct(
     [
@@ -51,60 +53,94 @@ RECORD_SCHEMA = pa.schema(
         ("items", pa.list_(ITEM_TYPE)),
     ]
 )
-_SCALARS = ("request_id", "user_id", "query", "ts_ms", "finalized_ms", "schema_version")
-_ITEM_FIELDS = ("item_id", "position", "rel_tier", "ctr", "clicked", "ordered", "co_score")
+_ITEM_FIELDS = tuple(f.name for f in ITEM_TYPE)
 
-Record = dict[str, Any]
+Record = dict[str, Any]  # the to_pylist() form, for readers and tests
 
 
 class RecordColumns:
-    """Accumulates records column-wise; `table()` builds the Arrow table in a few C calls."""
+    """Reward records accumulated column-wise; `table()` builds the Arrow table."""
 
     def __init__(self) -> None:
         self.clear()
 
     def clear(self) -> None:
-        self._cols: dict[str, list[Any]] = {name: [] for name in RECORD_SCHEMA.names}
-        self._items: dict[str, list[Any]] = {name: [] for name in _ITEM_FIELDS}
-        self._item_offsets = [0]
-        self._kw_offsets = [0]
-        self._hist_offsets = [0]
+        self.request_id: list[str] = []
+        self.user_id: list[str] = []
+        self.query: list[str] = []
+        self.ts_ms: list[int] = []
+        self.finalized_ms: list[int] = []
+        self.reason: list[str] = []
         self._kw: list[str] = []
+        self._kw_off = [0]
         self._hist: list[str] = []
+        self._hist_off = [0]
+        self._items: tuple[list[Any], ...] = tuple([] for _ in _ITEM_FIELDS)
+        self._item_off = [0]
 
     def __len__(self) -> int:
-        return len(self._cols["request_id"])
+        return len(self.request_id)
 
-    def append(self, rec: Record) -> None:
-        cols = self._cols
-        for name in _SCALARS:
-            cols[name].append(rec[name])
-        cols["finalize_reason"].append(rec.get("finalize_reason", ""))
-        self._kw.extend(rec["keywords"])
-        self._kw_offsets.append(len(self._kw))
-        self._hist.extend(rec["history"])
-        self._hist_offsets.append(len(self._hist))
-        items = self._items
-        for it in rec["items"]:
-            for name in _ITEM_FIELDS:
-                items[name].append(it[name])
-        self._item_offsets.append(len(items["item_id"]))
+    def add(
+        self,
+        request_id: str,
+        user_id: str,
+        query: str,
+        ts_ms: int,
+        finalized_ms: int,
+        keywords: Sequence[str],
+        history: Sequence[str],
+        reason: str,
+        items: tuple[Sequence[Any], ...],  # columns in ITEM_TYPE order, equal lengths
+    ) -> None:
+        self.request_id.append(request_id)
+        self.user_id.append(user_id)
+        self.query.append(query)
+        self.ts_ms.append(ts_ms)
+        self.finalized_ms.append(finalized_ms)
+        self.reason.append(reason)
+        self._kw.extend(keywords)
+        self._kw_off.append(len(self._kw))
+        self._hist.extend(history)
+        self._hist_off.append(len(self._hist))
+        for col, values in zip(self._items, items, strict=True):
+            col.extend(values)
+        self._item_off.append(len(self._items[0]))
+
+    def add_record(self, rec: Record) -> None:
+        """Append a record in its dict form (readers, tests)."""
+        items = rec["items"]
+        self.add(
+            rec["request_id"],
+            rec["user_id"],
+            rec["query"],
+            rec["ts_ms"],
+            rec["finalized_ms"],
+            rec["keywords"],
+            rec["history"],
+            rec.get("finalize_reason", ""),
+            tuple([it[name] for it in items] for name in _ITEM_FIELDS),
+        )
 
     def table(self) -> pa.Table:
-        arrays: list[pa.Array] = []
-        for field in RECORD_SCHEMA:
-            name = field.name
-            if name == "keywords":
-                arrays.append(_list(self._kw_offsets, pa.array(self._kw, pa.string())))
-            elif name == "history":
-                arrays.append(_list(self._hist_offsets, pa.array(self._hist, pa.string())))
-            elif name == "items":
-                children = [pa.array(self._items[f.name], f.type) for f in ITEM_TYPE]
-                struct = pa.StructArray.from_arrays(children, fields=list(ITEM_TYPE))
-                arrays.append(_list(self._item_offsets, struct))
-            else:
-                arrays.append(pa.array(self._cols[name], field.type))
+        n = len(self)
+        children = [pa.array(col, f.type) for col, f in zip(self._items, ITEM_TYPE, strict=True)]
+        arrays = [
+            pa.array(self.request_id, pa.string()),
+            pa.array(self.user_id, pa.string()),
+            pa.array(self.query, pa.string()),
+            pa.array(self.ts_ms, pa.int64()),
+            pa.array(self.finalized_ms, pa.int64()),
+            _list(self._kw_off, pa.array(self._kw, pa.string())),
+            _list(self._hist_off, pa.array(self._hist, pa.string())),
+            pa.array([SCHEMA_VERSION] * n, pa.int32()),
+            pa.array(self.reason, pa.string()),
+            _list(self._item_off, pa.StructArray.from_arrays(children, fields=list(ITEM_TYPE))),
+        ]
         return pa.Table.from_arrays(arrays, schema=RECORD_SCHEMA)
+
+    def to_pylist(self) -> list[Record]:
+        return self.table().to_pylist()
 
 
 def _list(offsets: list[int], values: pa.Array) -> pa.Array:
@@ -114,20 +150,23 @@ def _list(offsets: list[int], values: pa.Array) -> pa.Array:
 def records_table(records: Iterable[Record]) -> pa.Table:
     cols = RecordColumns()
     for rec in records:
-        cols.append(rec)
+        cols.add_record(rec)
     return cols.table()
 
 
-def encode_batch(records: list[Record]) -> bytes:
-    """One Kafka message value: a JSON array of records."""
-    return orjson.dumps(records)
+def encode_batch(table: pa.Table) -> bytes:
+    """One Kafka message value: an Arrow IPC stream holding the table's records."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, RECORD_SCHEMA) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
 
 
-def decode_batch(value: bytes) -> list[Record]:
-    records = orjson.loads(value)
-    if not isinstance(records, list):
-        raise ValueError("a rewards message must hold a JSON array of records")
-    return records
+def decode_batch(value: bytes) -> pa.Table:
+    table = pa.ipc.open_stream(pa.py_buffer(value)).read_all()
+    if not table.schema.equals(RECORD_SCHEMA):
+        raise ValueError(f"rewards message has schema {table.schema}, expected streamrl v1")
+    return table
 
 
 def write_parquet_atomic(table: pa.Table, path: Path) -> None:
@@ -136,15 +175,13 @@ def write_parquet_atomic(table: pa.Table, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     pq.write_table(table, tmp, compression="zstd")
     with open(tmp, "rb") as fh:
-        import os
-
         os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def read_records(paths: Iterable[Path]) -> Iterator[Record]:

@@ -21,7 +21,7 @@ import orjson
 from configs.schema import JoinConfig
 from stream.events import ItemEvent, Malformed, decode_event
 from stream.join import Enricher, JoinState, Source, dead_letter
-from stream.records import RecordColumns, write_parquet_atomic
+from stream.records import write_parquet_atomic
 
 
 class ReplayInputError(OSError):
@@ -38,7 +38,7 @@ class ReplayResult:
 def _open(path: Path) -> IO[bytes]:
     try:
         if path.suffix == ".gz":
-            return gzip.open(path, "rb")
+            return gzip.open(path, "rb")  # type: ignore[return-value]
         return open(path, "rb")
     except OSError as exc:
         raise ReplayInputError(f"{path}: cannot read: {exc.strerror or exc}") from exc
@@ -47,14 +47,14 @@ def _open(path: Path) -> IO[bytes]:
 def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
     with _open(path) as fh:
         try:
-            for lineno, line in enumerate(fh, start=1):
-                yield lineno, line
+            yield from enumerate(fh, start=1)
         except (OSError, EOFError) as exc:
             raise ReplayInputError(f"{path}: read failed: {exc}") from exc
 
 
-def replay(paths: Sequence[Path], out_dir: Path, cfg: JoinConfig,
-           roll_records: int = 200_000) -> ReplayResult:
+def replay(
+    paths: Sequence[Path], out_dir: Path, cfg: JoinConfig, roll_records: int = 200_000
+) -> ReplayResult:
     for path in paths:  # fail before writing anything if an input is missing
         if not path.is_file():
             raise ReplayInputError(f"{path}: no such file")
@@ -62,18 +62,16 @@ def replay(paths: Sequence[Path], out_dir: Path, cfg: JoinConfig,
     for old in out_dir.glob("records-*.parquet"):
         old.unlink()
     state = JoinState(cfg, Enricher(cfg))
-    cols = RecordColumns()
     files: list[Path] = []
     clock = 0
     dlq_path = out_dir / "dlq.jsonl"
     with open(dlq_path, "wb") as dlq:
 
         def flush(final: bool = False) -> None:
-            records, dead = state.drain()
-            for rec in records:
-                cols.append(rec)
-            for d in dead:
+            for d in state.dead:
                 dlq.write(orjson.dumps(d) + b"\n")
+            state.dead.clear()
+            cols = state.records
             if len(cols) >= roll_records or (final and (len(cols) or not files)):
                 path = out_dir / f"records-{len(files):05d}.parquet"
                 write_parquet_atomic(cols.table(), path)
@@ -97,7 +95,7 @@ def replay(paths: Sequence[Path], out_dir: Path, cfg: JoinConfig,
                     continue
                 clock = max(clock, ev.ts_ms)
                 state.on_event(ev, line.rstrip(b"\r\n"), src, "in", clock)
-                if len(state.records) >= 1024 or len(state.dead) >= 1024:
+                if len(state.records) >= roll_records or len(state.dead) >= 1024:
                     flush()
         state.finish(clock)
         flush(final=True)

@@ -1,0 +1,275 @@
+"""`streamrl join`: the long-lived joiner member (setup → loop → shutdown).
+
+A kafka-python consumer group over the impression, click and order topics. The three are keyed by
+request_id with equal partition counts, so partition k of each holds all events of the requests in
+shard k; each shard has its own `JoinState`. Scale out by adding members (up to the partition count).
+
+Delivery (docs/architecture.md "Delivery"), the commit order done by `_commit`:
+ 1. Hand every finished record and dead letter to the producer (records as JSON batches, all records
+    of shard k to rewards partition k mod P, so every copy of a request's record lands in one
+    partition).
+ 2. producer.flush() and check every send: the broker has acknowledged them (acks=all), so they are
+    durable. A failed send raises; nothing is committed and the process exits non-zero.
+ 3. For every assigned input partition, the commit offset is the lowest offset that open state still
+    depends on (impressions, attributed clicks/orders, waiting orphans), or the position if none.
+ 4. Commit those offsets synchronously.
+After a crash the next member resumes from step 4's offsets and replays the open requests' events.
+Requests already finalised are learned back from the rewards topic on start (`_recover`), so their
+replayed events are recognised as redeliveries and their records are not produced again; the
+remaining window (a crash between 2 and 4 on records produced after the last start) can leave a
+second copy, which every reader drops (stream/dedup.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import orjson
+import pyarrow as pa
+
+from configs.schema import StreamrlConfig
+from stream import kafka_io
+from stream.events import ItemEvent, Malformed, decode_event
+from stream.join import Enricher, Finalized, JoinState, Source, dead_letter
+from stream.records import decode_batch
+
+log = logging.getLogger("streamrl.joiner")
+
+
+class JoinerError(RuntimeError):
+    pass
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class _Rebalance(kafka_io.ConsumerRebalanceListener):
+    def __init__(self, joiner: Joiner) -> None:
+        self.joiner = joiner
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        self.joiner.on_revoked(list(revoked))
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        self.joiner.on_assigned(list(assigned))
+
+
+class Joiner:
+    def __init__(self, cfg: StreamrlConfig, stop: threading.Event | None = None) -> None:
+        self.cfg = cfg
+        self.topics = cfg.kafka.topics
+        self.stop = stop or threading.Event()
+        self.enricher = Enricher(cfg.join)
+        self.shards: dict[int, JoinState] = {}
+        self.finalized_by_part: dict[int, dict[str, Finalized]] = {}
+        self.counts: Counter[str] = Counter()
+        self.pending: dict[int, list[pa.Table]] = {}  # input partition -> finished records
+        self.pending_dead: list[dict[str, Any]] = []
+        self.futures: list[Any] = []
+        self.last_commit = time.monotonic()
+        self.inputs = (self.topics.impressions, self.topics.clicks, self.topics.orders)
+
+    # -- setup ------------------------------------------------------------------------------
+    def setup(self) -> None:
+        k = self.cfg.kafka
+        kafka_io.ensure_topics(k, [*self.inputs, self.topics.items, self.topics.rewards, self.topics.dlq])
+        self.producer = kafka_io.make_producer(k)
+        self.out_parts = len(self.producer.partitions_for(self.topics.rewards))
+        self._recover()
+        self.consumer = kafka_io.make_consumer(
+            k, k.join_group, max_poll_records=self.cfg.joiner.max_poll_records
+        )
+        self.consumer.subscribe(list(self.inputs), listener=_Rebalance(self))
+
+    def _recover(self) -> None:
+        """Fold the recent rewards topic back in: CTR counts, histories, finalised request ids."""
+        since = _now_ms() - int(self.cfg.joiner.recovery_lookback_s * 1000)
+        first: dict[str, None] = {}
+        for part, _, value in kafka_io.read_span(self.cfg.kafka, self.topics.rewards, since):
+            for rec in decode_batch(value).to_pylist():
+                if rec["request_id"] in first:
+                    continue
+                first[rec["request_id"]] = None
+                self.enricher.absorb(rec)
+                items = rec["items"]
+                self.finalized_by_part.setdefault(part, {})[rec["request_id"]] = Finalized(
+                    rec["ts_ms"],
+                    frozenset(it["item_id"] for it in items if it["clicked"]),
+                    frozenset(it["item_id"] for it in items if it["ordered"]),
+                )
+        self.counts["recovered_records"] = len(first)
+        log.info("recovered %d records from %s", len(first), self.topics.rewards)
+
+    # -- rebalance ----------------------------------------------------------------------------
+    def on_revoked(self, revoked: list[Any]) -> None:
+        """Drop the revoked shards and their unsent records. Nothing is committed here (kafka-python
+        3 forbids blocking calls in a rebalance callback): the next owner resumes from our last
+        commit, replays those requests and produces their records once."""
+        for tp in revoked:
+            shard = self.shards.pop(tp.partition, None)
+            self.pending.pop(tp.partition, None)
+            if shard is not None:  # finalised ids are facts whoever owns the shard next
+                self.finalized_by_part.setdefault(tp.partition % self.out_parts, {}).update(shard.finalized)
+
+    def on_assigned(self, assigned: list[Any]) -> None:
+        log.info("assigned %s", sorted((tp.topic, tp.partition) for tp in assigned))
+
+    def _shard(self, partition: int) -> JoinState:
+        shard = self.shards.get(partition)
+        if shard is None:
+            shard = JoinState(self.cfg.join, self.enricher, self.inputs)
+            shard.finalized.update(self.finalized_by_part.get(partition % self.out_parts, {}))
+            self.shards[partition] = shard
+        return shard
+
+    # -- loop ---------------------------------------------------------------------------------
+    def run(self) -> int:
+        self.setup()
+        try:
+            while not self.stop.is_set():
+                self.step()
+        finally:
+            self.shutdown()
+        return 0
+
+    def step(self) -> None:
+        batch = self.consumer.poll(timeout_ms=self.cfg.joiner.poll_timeout_ms)
+        now = _now_ms()
+        for tp, msgs in batch.items():
+            self._consume(tp, msgs, now)
+        self._mark_caught_up(now)
+        for shard in self.shards.values():
+            shard.tick(now)
+        self._collect()
+        if time.monotonic() - self.last_commit >= self.cfg.joiner.commit_interval_s:
+            self._commit()
+
+    def _consume(self, tp: Any, msgs: list[Any], now: int) -> None:
+        shard = self._shard(tp.partition)
+        topic, part = tp.topic, tp.partition
+        for m in msgs:
+            src = Source(topic, part, m.offset)
+            try:
+                ev = decode_event(m.value)
+                if isinstance(ev, ItemEvent):
+                    raise Malformed(f"item event on request topic {topic}")
+            except Malformed as exc:
+                shard.counts["dead_malformed"] += 1
+                shard.dead.append(dead_letter(exc.reason, m.value, src))
+                continue
+            shard.on_event(ev, m.value, src, topic, now)
+
+    def _mark_caught_up(self, now: int) -> None:
+        for tp in self.consumer.assignment():
+            hw = self.consumer.highwater(tp)
+            if hw is None:
+                continue
+            shard = self._shard(tp.partition)
+            shard.set_caught_up(tp.topic, self.consumer.position(tp) >= hw, now)
+
+    def _collect(self) -> None:
+        for part, shard in self.shards.items():
+            records, dead = shard.drain()
+            if len(records):
+                self.pending.setdefault(part, []).append(records.table())
+            self.pending_dead.extend(dead)
+
+    def _commit(self) -> None:
+        """The commit order of the module docstring, steps 1–4."""
+        self._collect()
+        k = self.cfg.joiner.max_batch_records
+        for part, tables in self.pending.items():  # 1.
+            table = pa.concat_tables(tables)
+            for i in range(0, table.num_rows, k):
+                self.futures.append(
+                    kafka_io.send_records(
+                        self.producer, self.topics.rewards, part % self.out_parts, table.slice(i, k)
+                    )
+                )
+            self.counts["records_out"] += table.num_rows
+        for d in self.pending_dead:
+            self.futures.append(self.producer.send(self.topics.dlq, value=_dumps(d)))
+        self.counts["dead_out"] += len(self.pending_dead)
+        self.pending, self.pending_dead = {}, []
+        self.producer.flush()  # 2.
+        failed = [f for f in self.futures if f.failed()]
+        self.futures = []
+        if failed:
+            raise JoinerError(f"{len(failed)} sends failed, first: {failed[0].exception!r}")
+        offsets = {}
+        held_by_shard: dict[int, dict[tuple[str, int], int]] = {}
+        for tp in self.consumer.assignment():  # 3.
+            if tp.partition not in held_by_shard:
+                held_by_shard[tp.partition] = self._shard(tp.partition).held_offsets()
+            held = held_by_shard[tp.partition].get((tp.topic, tp.partition))
+            position = self.consumer.position(tp)
+            offsets[tp] = kafka_io.OffsetAndMetadata(
+                position if held is None else min(held, position), "", -1
+            )
+        if offsets:
+            self.consumer.commit(offsets)  # 4.
+        self.last_commit = time.monotonic()
+
+    # -- shutdown -----------------------------------------------------------------------------
+    def shutdown(self) -> None:
+        """Drain: what the watermark finalised is produced and committed; open requests are left
+        uncommitted, to be replayed by the next start."""
+        try:
+            self._commit()
+        finally:
+            self.consumer.close(autocommit=False)
+            self.producer.close(timeout=10)
+
+    def stats(self) -> Counter[str]:
+        total: Counter[str] = Counter(self.counts)
+        for shard in self.shards.values():
+            total.update(shard.counts)
+            total["open_requests"] += len(shard.open)
+        return total
+
+
+def _dumps(obj: Any) -> bytes:
+    return orjson.dumps(obj)
+
+
+def run_joiner(cfg: StreamrlConfig, stop: threading.Event, archive: bool = True) -> int:
+    """`streamrl join`: the joiner loop, with the archiver as a second step of the same loop."""
+    from stream.archive import Archiver
+
+    joiner = Joiner(cfg, stop)
+    archiver = Archiver(cfg.kafka, cfg.archive) if archive else None
+    try:
+        joiner.setup()
+        if archiver:
+            archiver.setup()
+    except Exception:
+        log.exception("joiner setup failed")
+        return 1
+    last_log = time.monotonic()
+    code = 0
+    try:
+        while not stop.is_set():
+            joiner.step()
+            if archiver:
+                archiver.step()
+            if time.monotonic() - last_log >= 10:
+                last_log = time.monotonic()
+                log.info("stats %s", orjson.dumps(dict(joiner.stats())).decode())
+    except JoinerError:
+        log.exception("joiner failed; offsets not committed past durable output")
+        code = 1
+    finally:
+        try:
+            joiner.shutdown()
+            if archiver:
+                archiver.close()
+        except Exception:
+            log.exception("shutdown failed")
+            code = 1
+    log.info("stopped %s", orjson.dumps(dict(joiner.stats())).decode())
+    return code

@@ -1,0 +1,210 @@
+"""The one module that talks to Kafka (kafka-python): clients, topics, and reading spans back.
+
+Everything here is thin: it builds clients from `KafkaConfig` (so production security settings pass
+through untouched) and moves bytes. Join logic lives in stream/join.py, the loop in stream/joiner.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import pyarrow as pa
+from kafka import (
+    ConsumerRebalanceListener,
+    KafkaConsumer,
+    KafkaProducer,
+    OffsetAndMetadata,
+    TopicPartition,
+)
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import TopicAlreadyExistsError
+
+from configs.schema import KafkaConfig
+from stream.dedup import FirstSeen
+from stream.records import CONTENT_TYPE, Record, decode_batch, encode_batch
+
+__all__ = [
+    "ConsumerRebalanceListener",
+    "KafkaConsumer",
+    "KafkaProducer",
+    "OffsetAndMetadata",
+    "RewardReader",
+    "TopicPartition",
+    "ensure_topics",
+    "make_consumer",
+    "make_producer",
+    "read_span",
+    "send_records",
+]
+
+
+def ensure_topics(
+    kcfg: KafkaConfig, names: Iterable[str], partitions: int | None = None, timeout_s: float = 30.0
+) -> None:
+    """Create missing topics (idempotent) and wait until the broker reports their partitions."""
+    names = list(names)
+    n = partitions or kcfg.topics.partitions
+    admin = KafkaAdminClient(**kcfg.client_kwargs())
+    try:
+        existing = set(admin.list_topics())
+        missing = [NewTopic(name, n, 1) for name in names if name not in existing]
+        if missing:
+            with contextlib.suppress(TopicAlreadyExistsError):  # a racing creator won
+                admin.create_topics(missing)
+    finally:
+        admin.close()
+    probe = KafkaConsumer(**kcfg.client_kwargs())
+    try:
+        deadline = time.monotonic() + timeout_s
+        while any(not probe.partitions_for_topic(name) for name in names):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"topics {names} not ready after {timeout_s} s")
+            time.sleep(0.1)
+    finally:
+        probe.close()
+
+
+def make_producer(kcfg: KafkaConfig, **overrides: Any) -> KafkaProducer:
+    """acks=all: a record counts as durable only once every in-sync replica has it."""
+    kw: dict[str, Any] = {
+        "acks": "all",
+        "linger_ms": 5,
+        "batch_size": 512 * 1024,
+        "max_request_size": 16 * 1024 * 1024,
+        "retries": 5,
+        **kcfg.client_kwargs(),
+    }
+    kw.update(overrides)
+    return KafkaProducer(**kw)
+
+
+def make_consumer(kcfg: KafkaConfig, group: str | None, **overrides: Any) -> KafkaConsumer:
+    """Manual commits only; a new group starts from the earliest offset (nothing skipped)."""
+    kw: dict[str, Any] = {
+        "group_id": group,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "session_timeout_ms": kcfg.session_timeout_ms,
+        "heartbeat_interval_ms": kcfg.heartbeat_interval_ms,
+        "max_partition_fetch_bytes": 4 * 1024 * 1024,
+        **kcfg.client_kwargs(),
+    }
+    kw.update(overrides)
+    return KafkaConsumer(**kw)
+
+
+def send_records(producer: KafkaProducer, topic: str, partition: int, table: pa.Table) -> Any:
+    """One message holding an Arrow IPC batch of records (kafka-python sends ~20k msg/s)."""
+    return producer.send(
+        topic,
+        value=encode_batch(table),
+        partition=partition,
+        headers=[("content-type", CONTENT_TYPE)],
+    )
+
+
+def read_span(
+    kcfg: KafkaConfig,
+    topic: str,
+    start: dict[int, int] | int | None = None,
+    timeout_s: float = 60.0,
+) -> Iterator[tuple[int, int, bytes]]:
+    """(partition, offset, value) of every message from `start` to the high watermark at call time.
+
+    `start` is a {partition: offset} map, or a timestamp in ms (offsets_for_times), or None for
+    the beginning. Reads with manual assignment: no group, nothing committed.
+    """
+    consumer = make_consumer(kcfg, None, enable_auto_commit=False)
+    try:
+        parts = sorted(consumer.partitions_for_topic(topic) or ())
+        tps = [TopicPartition(topic, p) for p in parts]
+        if not tps:
+            return
+        consumer.assign(tps)
+        end = consumer.end_offsets(tps)  # see BROKER.md: may be low on Tansu; we re-check below
+        begin = consumer.beginning_offsets(tps)
+        if isinstance(start, int):
+            found = consumer.offsets_for_times({tp: start for tp in tps})
+            first = {tp: (found[tp].offset if found.get(tp) else end[tp]) for tp in tps}
+        elif isinstance(start, dict):
+            first = {tp: max(start.get(tp.partition, 0), begin[tp]) for tp in tps}
+        else:
+            first = dict(begin)
+        for tp in tps:
+            consumer.seek(tp, first[tp])
+        pending = {tp for tp in tps if first[tp] < end[tp]}
+        deadline = time.monotonic() + timeout_s
+        while pending and time.monotonic() < deadline:
+            for tp, msgs in consumer.poll(timeout_ms=500, max_records=5000).items():
+                for m in msgs:
+                    yield tp.partition, m.offset, m.value
+                hw = consumer.highwater(tp)
+                target = max(end[tp], hw or 0)
+                if consumer.position(tp) >= target:
+                    pending.discard(tp)
+        if pending:
+            raise TimeoutError(f"reading {topic} back did not reach the end in {timeout_s} s")
+    finally:
+        consumer.close(autocommit=False)
+
+
+class _PrimeOnAssign(ConsumerRebalanceListener):
+    def __init__(self, reader: RewardReader) -> None:
+        self.reader = reader
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        pass
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        self.reader.prime(assigned)
+
+
+class RewardReader:
+    """The learner's reader of the rewards topic: every request exactly once.
+
+    Records reach the topic at least once (a joiner that crashes between producing and committing
+    replays and may produce a record again, docs/architecture.md "Delivery"). All copies of a
+    request's record sit in the same partition, so dropping every copy after the first in offset
+    order is deterministic. On start the reader re-reads the `lookback_s` of the topic before its
+    committed offsets to learn the request_ids it has already delivered, so a copy that lands after a
+    reader restart is dropped too.
+    """
+
+    def __init__(
+        self, kcfg: KafkaConfig, group: str, lookback_s: float = 3600.0, capacity: int = 5_000_000
+    ) -> None:
+        self.kcfg = kcfg
+        self.topic = kcfg.topics.rewards
+        self.seen = FirstSeen(capacity)
+        self._lookback_ms = int(lookback_s * 1000)
+        self.consumer = make_consumer(kcfg, group)
+        self.consumer.subscribe([self.topic], listener=_PrimeOnAssign(self))
+
+    def prime(self, assigned: Iterable[TopicPartition]) -> None:
+        """Learn the ids delivered before the committed offsets (the span a duplicate can follow)."""
+        committed = {tp.partition: self.consumer.committed(tp) or 0 for tp in assigned}
+        if not any(committed.values()):
+            return
+        since = int(time.time() * 1000) - self._lookback_ms
+        for part, offset, value in read_span(self.kcfg, self.topic, since):
+            if offset < committed.get(part, 0):
+                for rid in decode_batch(value).column("request_id").to_pylist():
+                    self.seen.first(rid)
+
+    def poll(self, timeout_ms: int = 500) -> list[Record]:
+        out: list[Record] = []
+        for _, msgs in self.consumer.poll(timeout_ms=timeout_ms).items():
+            for m in msgs:
+                for rec in decode_batch(m.value).to_pylist():
+                    if self.seen.first(rec["request_id"]):
+                        out.append(rec)
+        return out
+
+    def commit(self) -> None:
+        self.consumer.commit()
+
+    def close(self) -> None:
+        self.consumer.close(autocommit=False)

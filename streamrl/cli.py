@@ -1,0 +1,183 @@
+"""`streamrl`: the command line. Thin wiring only: parse, load config, call one stage, report."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from configs import ConfigError, StreamrlConfig, load_config
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="streamrl: a streaming TPMA-GRPO trainer for generative search.",
+)
+console = Console(stderr=True)
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override: section.key=value.")]
+
+
+def _config(path: Path | None, overrides: list[str] | None) -> StreamrlConfig:
+    try:
+        return load_config(path, overrides or [])
+    except ConfigError as exc:
+        console.print(f"[red]config refused:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _logging(level: str = "INFO") -> None:
+    """Structured JSON logs on stderr, one object per line."""
+
+    class _Json(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            out = {
+                "ts": round(record.created, 3),
+                "level": record.levelname,
+                "logger": record.name,
+                "msg": record.getMessage(),
+            }
+            if record.exc_info:
+                out["exc"] = self.formatException(record.exc_info)
+            return json.dumps(out)
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Json())
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+
+    def handler(signum: int, _frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return stop
+
+
+def _counts_table(title: str, counts: dict[str, int]) -> Table:
+    table = Table(title=title)
+    table.add_column("counter")
+    table.add_column("value", justify="right")
+    for key in sorted(counts):
+        table.add_row(key, str(counts[key]))
+    return table
+
+
+@app.command()
+def replay(
+    events: Annotated[list[Path], typer.Argument(help="Event JSON-lines files, in arrival order.")],
+    out: Annotated[Path, typer.Option("--out", help="Output directory.")],
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Join event files into reward records (DIR/*.parquet) and dead letters (DIR/dlq.jsonl)."""
+    from stream.replay import ReplayInputError
+    from stream.replay import replay as run_replay
+
+    cfg = _config(config, set_)
+    try:
+        result = run_replay(events, out, cfg.join)
+    except ReplayInputError as exc:
+        console.print(f"[red]cannot read input:[/red] {exc}")
+        raise typer.Exit(1) from None
+    console.print(_counts_table(f"replay → {out}", dict(result.counts)))
+    print(
+        json.dumps(
+            {
+                "records": result.counts["records"],
+                "dead_letters": sum(v for k, v in result.counts.items() if k.startswith("dead_")),
+                "files": [str(p) for p in result.record_files],
+                "dlq": str(result.dlq_path),
+            }
+        )
+    )
+
+
+@app.command()
+def join(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    archive: Annotated[bool, typer.Option(help="Also write the Parquet archive.")] = True,
+) -> None:
+    """Run one joiner member: impressions ⋈ clicks ⋈ orders → reward records (until SIGTERM)."""
+    from stream.joiner import run_joiner
+
+    cfg = _config(config, set_)
+    _logging()
+    raise typer.Exit(run_joiner(cfg, _stop_on_signals(), archive=archive))
+
+
+@app.command()
+def broker(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0 = a free one).")] = 0,
+) -> None:
+    """Start a local Kafka-protocol broker (Tansu, in memory) and keep it up until Ctrl-C."""
+    from stream.broker import LocalBroker
+
+    stop = _stop_on_signals()
+    with LocalBroker(port or None) as b:
+        console.print(f"broker up: [bold]{b.bootstrap}[/bold] (in memory; Ctrl-C stops it)")
+        print(b.bootstrap, flush=True)
+        while not stop.wait(0.5):
+            if b.proc is None or b.proc.poll() is not None:
+                console.print("[red]broker exited[/red]")
+                raise typer.Exit(1)
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Option("--out", help="JSON-lines file to write.")],
+    requests: int = 1000,
+    seed: int = 0,
+    faults: Annotated[float, typer.Option(help="Rate of each fault kind.")] = 0.0,
+) -> None:
+    """Write generated contract events (disordered, optional faults) for tests and demos."""
+    from stream.synthetic import SynthSpec, write_jsonl
+
+    spec = SynthSpec(
+        requests=requests,
+        seed=seed,
+        dup_rate=faults,
+        orphan_rate=faults,
+        not_impressed_rate=faults,
+        late_rate=faults,
+        malformed_rate=faults,
+    )
+    n = write_jsonl(spec, str(out))
+    console.print(f"wrote {n} events to {out}")
+
+
+@app.command()
+def demo(
+    duration: Annotated[float, typer.Option(help="Seconds of streaming before stopping.")] = 60.0,
+    requests_per_s: Annotated[float, typer.Option("--rate")] = 200.0,
+    out: Annotated[Path, typer.Option(help="Run directory.")] = Path("runs/demo"),
+) -> None:
+    """The main job on the embedded default: local broker, generated events, the joiner."""
+    from stream.demo import run_demo
+
+    _logging("WARNING")
+    raise typer.Exit(run_demo(duration, requests_per_s, out, console, _stop_on_signals()))
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    time.sleep(0)
+    main()
