@@ -15,6 +15,8 @@ Rules, as numbered in the docs:
     is dead-lettered `orphan`.
  4. A repeated event_id is ignored (counted). A click/order for a finalised request is `late` —
     unless that request's record already has that flag (a redelivery, counted, not dead-lettered).
+    So is one for an unknown request when the watermark has passed its own ts + window: every
+    request it could belong to is finalised (and may be forgotten), so it cannot be an orphan.
     An impression for a request that is already open or finalised is a redelivery too.
  5. At most max_open_requests are open; the oldest are finalised early (`evicted`) to make room.
 """
@@ -296,6 +298,9 @@ class JoinState:
                 self.counts["redelivered"] += 1
             else:
                 self._dead("late", act, raw, src)
+            return
+        if act.ts_ms + self.window_ms < self.watermark:  # rule 4: any request it could
+            self._dead("late", act, raw, src)  # belong to is past its deadline (and forgotten)
             return
         self._seq += 1  # rule 3
         self._orphans.setdefault(act.request_id, []).append((self._seq, act, raw, src))

@@ -1,0 +1,42 @@
+"""Shared fixtures. The broker fixture starts a real Kafka-protocol broker (Tansu) on loopback."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from configs import StreamrlConfig, load_config
+from stream.broker import LocalBroker
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+# Test-sized timeouts (BROKER.md: first group join takes about half the session timeout).
+FAST_KAFKA = ["kafka.session_timeout_ms=6000", "kafka.heartbeat_interval_ms=1000"]
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
+    log = tmp_path_factory.mktemp("broker") / "tansu.log"
+    with LocalBroker(log=log) as b:
+        yield b
+
+
+@pytest.fixture
+def kafka_cfg(broker: LocalBroker, request: pytest.FixtureRequest, tmp_path: Path) -> StreamrlConfig:
+    """A config on the session broker with topic names unique to this test."""
+    prefix = f"t{abs(hash(request.node.nodeid)) % 10**8}"
+    topics = ["impressions", "clicks", "orders", "items", "rewards", "dlq"]
+    return load_config(
+        overrides=[
+            f"kafka.bootstrap_servers={broker.bootstrap}",
+            f"kafka.join_group={prefix}-joiner",
+            f"archive.dir={tmp_path / 'archive'}",
+            *FAST_KAFKA,
+            *[f"kafka.topics.{t}={prefix}.{t}" for t in topics],
+        ]
+    )
