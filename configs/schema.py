@@ -41,6 +41,8 @@ class KafkaConfig(Section):
     ssl_keyfile: str | None = None  # ops: client key; its password from $STREAMRL_KAFKA_SSL_PASSWORD
     ssl_check_hostname: bool = True  # ops
     join_group: str = "streamrl-joiner"  # ops: consumer group of the joiner members
+    group_instance_id: str | None = None  # ops: static membership; a restarted member takes its
+    #                                        partitions back without waiting for the session timeout
     session_timeout_ms: int = Field(10000, ge=1000)  # ops: member liveness (BROKER.md: 6000 in tests)
     heartbeat_interval_ms: int = Field(2000, ge=100)  # ops
     topics: TopicsConfig = TopicsConfig()

@@ -18,6 +18,7 @@ from rich.live import Live
 from rich.table import Table
 
 from configs import load_config
+from configs.schema import KafkaConfig
 from stream import kafka_io
 from stream.broker import LocalBroker
 from stream.records import decode_batch
@@ -36,25 +37,19 @@ DEMO_OVERRIDES = [
 ]
 
 
-def _produce_live(cfg_k: object, spec: SynthSpec, stop: threading.Event, sent: Counter[str]) -> None:
-    from configs.schema import KafkaConfig
-
-    assert isinstance(cfg_k, KafkaConfig)
-    t = cfg_k.topics
-    topic = {"impression": t.impressions, "click": t.clicks, "order": t.orders}
-    producer = kafka_io.make_producer(cfg_k, acks=1)
+def _produce_live(kcfg: KafkaConfig, spec: SynthSpec, stop: threading.Event, sent: Counter[str]) -> None:
+    """Send generated events when their arrival time comes (the demo runs in real time)."""
+    producer = kafka_io.make_producer(kcfg, acks=1)
     for arrival, raw in generate(spec):
         while arrival > time.time() * 1000:
             if stop.wait(0.01):
                 break
         if stop.is_set():
             break
+        kafka_io.produce_events(producer, kcfg.topics, [raw])
         try:
-            ev = orjson.loads(raw)
-            producer.send(topic[ev["type"]], value=raw, key=ev["request_id"].encode())
-            sent[ev["type"]] += 1
-        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
-            producer.send(t.clicks, value=raw)  # a malformed line still travels, to the DLQ
+            sent[orjson.loads(raw)["type"]] += 1
+        except (orjson.JSONDecodeError, KeyError, TypeError):
             sent["malformed"] += 1
     producer.flush()
     producer.close()

@@ -81,8 +81,9 @@ class Joiner:
         self.producer = kafka_io.make_producer(k)
         self.out_parts = len(self.producer.partitions_for(self.topics.rewards))
         self._recover()
+        extra = {"group_instance_id": k.group_instance_id} if k.group_instance_id else {}
         self.consumer = kafka_io.make_consumer(
-            k, k.join_group, max_poll_records=self.cfg.joiner.max_poll_records
+            k, k.join_group, max_poll_records=self.cfg.joiner.max_poll_records, **extra
         )
         self.consumer.subscribe(list(self.inputs), listener=_Rebalance(self))
 

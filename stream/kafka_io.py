@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import orjson
 import pyarrow as pa
 from kafka import (
     ConsumerRebalanceListener,
@@ -22,7 +23,7 @@ from kafka import (
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
-from configs.schema import KafkaConfig
+from configs.schema import KafkaConfig, TopicsConfig
 from stream.dedup import FirstSeen
 from stream.records import CONTENT_TYPE, Record, decode_batch, encode_batch
 
@@ -36,6 +37,7 @@ __all__ = [
     "ensure_topics",
     "make_consumer",
     "make_producer",
+    "produce_events",
     "read_span",
     "send_records",
 ]
@@ -106,6 +108,29 @@ def send_records(producer: KafkaProducer, topic: str, partition: int, table: pa.
     )
 
 
+def produce_events(producer: KafkaProducer, topics: TopicsConfig, lines: Iterable[bytes]) -> int:
+    """Send contract events to their topics, keyed by request_id (item_id for items), as a search
+    engine would. A value that names no known type still goes out (to the clicks topic), so tests
+    and demos can show the joiner dead-lettering it."""
+    route = {
+        "impression": topics.impressions,
+        "click": topics.clicks,
+        "order": topics.orders,
+        "item": topics.items,
+    }
+    n = 0
+    for raw in lines:
+        try:
+            head = orjson.loads(raw)
+            topic = route[head["type"]]
+            key = head["item_id"] if head["type"] == "item" else head["request_id"]
+            producer.send(topic, value=raw, key=str(key).encode())
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            producer.send(topics.clicks, value=raw)
+        n += 1
+    return n
+
+
 def read_span(
     kcfg: KafkaConfig,
     topic: str,
@@ -159,7 +184,10 @@ class _PrimeOnAssign(ConsumerRebalanceListener):
         pass
 
     def on_partitions_assigned(self, assigned: Any) -> None:
-        self.reader.prime(assigned)
+        # Blocking calls are not allowed here (kafka-python 3 runs this on its IO thread): hold the
+        # new partitions back until `poll` has primed them from the main thread.
+        self.reader.consumer.pause(*assigned)
+        self.reader.to_prime.update(assigned)
 
 
 class RewardReader:
@@ -180,6 +208,7 @@ class RewardReader:
         self.topic = kcfg.topics.rewards
         self.seen = FirstSeen(capacity)
         self._lookback_ms = int(lookback_s * 1000)
+        self.to_prime: set[TopicPartition] = set()
         self.consumer = make_consumer(kcfg, group)
         self.consumer.subscribe([self.topic], listener=_PrimeOnAssign(self))
 
@@ -196,6 +225,10 @@ class RewardReader:
 
     def poll(self, timeout_ms: int = 500) -> list[Record]:
         out: list[Record] = []
+        if self.to_prime:
+            assigned, self.to_prime = set(self.to_prime), set()
+            self.prime(assigned)
+            self.consumer.resume(*assigned)
         for _, msgs in self.consumer.poll(timeout_ms=timeout_ms).items():
             for m in msgs:
                 for rec in decode_batch(m.value).to_pylist():

@@ -1,0 +1,38 @@
+"""Data moves one way (STYLE.md §1): checked on the import statements of every module."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("stream", "rewards", "rl", "checkpoints", "configs", "streamrl")
+
+
+def imports(package: str) -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {}
+    for path in (ROOT / package).rglob("*.py"):
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names.add(node.module.split(".")[0])
+        found[str(path.relative_to(ROOT))] = names
+    return found
+
+
+def test_nothing_imports_rl_or_the_cli() -> None:
+    for package in ("stream", "rewards", "checkpoints", "configs"):
+        for module, names in imports(package).items():
+            assert not names & {"rl", "streamrl"}, module
+
+
+def test_rewards_is_pure() -> None:
+    for module, names in imports("rewards").items():
+        assert not names & {"kafka", "torch", "stream", "pyarrow"}, module
+
+
+def test_one_module_talks_to_kafka() -> None:
+    talkers = {m for p in PACKAGES for m, names in imports(p).items() if "kafka" in names}
+    assert talkers == {"stream/kafka_io.py"}
