@@ -144,6 +144,48 @@ class CtrTable:
         if self._n_pairs > self.max_entries:
             self._prune()
 
+    def score_then_observe(
+        self, query: str, item_ids: Sequence[str], clicked: Sequence[bool], ts_ms: int
+    ) -> list[float]:
+        """`score` then `observe` in one pass over the items (the join's hot path): each item's CTR
+        is read before this request is counted, so equal to `score` followed by `observe`."""
+        self._advance(ts_ms)
+        inv = 1.0 / self._scale_now
+        w = self._scale(ts_ms)
+        pr = self.prior
+        m_g, m_i, m_qi = pr.global_strength, pr.item_strength, pr.query_item_strength
+        lo, hi = pr.clip_eps, 1.0 - pr.clip_eps
+        g = self._global
+        p_g = (g[0] * inv + m_g * pr.prior_ctr) / (g[1] * inv + m_g)
+        items = self._items
+        per_item = self._pairs.get(query)
+        if per_item is None:
+            per_item = self._pairs[query] = {}
+        out = []
+        n_clicks = 0.0
+        for item_id, was_clicked in zip(item_ids, clicked, strict=True):
+            click = w if was_clicked else 0.0
+            n_clicks += click
+            ci = items.get(item_id)
+            if ci is None:
+                ci = items[item_id] = [0.0, 0.0]
+            cqi = per_item.get(item_id)
+            if cqi is None:
+                cqi = per_item[item_id] = [0.0, 0.0]
+                self._n_pairs += 1
+            p_i = (ci[0] * inv + m_i * p_g) / (ci[1] * inv + m_i)
+            p = (cqi[0] * inv + m_qi * p_i) / (cqi[1] * inv + m_qi)
+            out.append(lo if p < lo else hi if p > hi else p)
+            ci[0] += click
+            ci[1] += w
+            cqi[0] += click
+            cqi[1] += w
+        g[0] += n_clicks
+        g[1] += w * len(out)
+        if self._n_pairs > self.max_entries:
+            self._prune()
+        return out
+
     def _prune(self) -> None:
         """Drop the weakest (query, item) pairs (fewest decayed impressions) down to 80 %."""
         weights = sorted(c[1] for per in self._pairs.values() for c in per.values())

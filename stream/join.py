@@ -93,10 +93,13 @@ class Enricher:
 
     def history(self, user_id: str, before_ms: int) -> list[str]:
         """Clicked item_ids of the user's earlier finalised requests, newest first."""
-        entries = self._history.get(user_id)
-        if not entries:
-            return []
-        return [item for ts, item in entries if ts < before_ms][: self.history_len]
+        out: list[str] = []
+        for ts, item in self._history.get(user_id, ()):
+            if ts < before_ms:
+                out.append(item)
+                if len(out) == self.history_len:
+                    break
+        return out
 
     def build(self, req: OpenRequest, now_ms: int, reason: str, sink: RecordColumns) -> None:
         """Score one finalised request into `sink` (one record), then fold it into the state."""
@@ -106,9 +109,9 @@ class Enricher:
         ordered = [i in req.ordered for i in ids] if req.ordered else [False] * len(ids)
         vc, vo = self.v_click, self.v_order
         co = [vo if o else (vc if c else 0.0) for c, o in zip(clicked, ordered, strict=True)]
-        ctr = self.ctr.score(imp.query, ids, imp.ts_ms)  # before this request is counted
-        positions = [it.position for it in imp.items]
-        tiers = [-1 if it.rel_tier is None else it.rel_tier for it in imp.items]
+        history = self.history(imp.user_id, imp.ts_ms)
+        # scored on counts from earlier requests only, then this request is counted
+        ctr = self.ctr.score_then_observe(imp.query, ids, clicked, imp.ts_ms)
         sink.add(
             imp.request_id,
             imp.user_id,
@@ -116,41 +119,41 @@ class Enricher:
             imp.ts_ms,
             now_ms,
             imp.keywords,
-            self.history(imp.user_id, imp.ts_ms),
+            history,
             reason,
-            (ids, positions, tiers, ctr, clicked, ordered, co),
+            (
+                ids,
+                [it.position for it in imp.items],
+                [-1 if it.rel_tier is None else it.rel_tier for it in imp.items],
+                ctr,
+                clicked,
+                ordered,
+                co,
+            ),
         )
-        self._fold(imp.query, imp.user_id, imp.ts_ms, ids, positions, clicked)
+        if req.clicked:
+            self._remember_clicks(imp.user_id, imp.ts_ms, ids, clicked)
 
     def absorb(self, record: Record) -> None:
-        """Fold a record read back from the rewards topic (recovery)."""
+        """Fold a record read back from the rewards topic (recovery): the same state as `build`."""
         items = record["items"]
-        self._fold(
-            record["query"],
-            record["user_id"],
-            record["ts_ms"],
-            [it["item_id"] for it in items],
-            [it["position"] for it in items],
-            [it["clicked"] for it in items],
-        )
+        ids = [it["item_id"] for it in items]
+        clicked = [it["clicked"] for it in items]
+        self.ctr.observe(record["query"], ids, clicked, record["ts_ms"])
+        if any(clicked):
+            self._remember_clicks(record["user_id"], record["ts_ms"], ids, clicked)
 
-    def _fold(
-        self,
-        query: str,
-        user: str,
-        ts: int,
-        ids: Sequence[str],
-        positions: Sequence[int],
-        clicked: Sequence[bool],
-    ) -> None:
-        self.ctr.observe(query, ids, clicked, ts)
-        if not self.history_len or not any(clicked):
+    def _remember_clicks(self, user: str, ts: int, ids: Sequence[str], clicked: Sequence[bool]) -> None:
+        """Per user, (ts, item) newest first; an item appears once, at its latest request."""
+        if not self.history_len:
             return
-        new = [i for _, i, c in sorted(zip(positions, ids, clicked, strict=True)) if c]
+        new = [i for i, c in zip(ids, clicked, strict=True) if c]  # impression (position) order
         entries = self._history.pop(user, [])
-        keep = [(t, i) for t, i in entries if i not in new]
-        merged = sorted([(ts, i) for i in new] + keep, key=lambda e: -e[0])
-        self._history[user] = merged[: self.history_len * 2]
+        fresh = set(new)
+        merged = [(ts, i) for i in new] + [e for e in entries if e[1] not in fresh]
+        if entries and ts < entries[0][0]:  # finalised out of ts order (idle flush, eviction)
+            merged.sort(key=lambda e: -e[0])
+        self._history[user] = merged[: self.history_len + 8]
         if len(self._history) > self.max_users:
             self._history.popitem(last=False)
 

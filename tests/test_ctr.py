@@ -64,3 +64,19 @@ def test_prune_bounds_pairs() -> None:
     for i in range(1500):
         table.observe(f"q{i}", ["a"], [False], 1000 + i)
     assert len(table) <= 1000
+
+
+def test_one_pass_equals_score_then_observe() -> None:
+    import random
+
+    rng = random.Random(0)
+    a, b = CtrTable(PRIOR), CtrTable(PRIOR)
+    for step in range(300):
+        query = f"q{rng.randrange(5)}"
+        ids = [f"i{rng.randrange(30)}" for _ in range(rng.randrange(1, 8))]
+        ids = list(dict.fromkeys(ids))
+        clicked = [rng.random() < 0.3 for _ in ids]
+        ts = 1_000 * step + rng.randrange(500)
+        expected = a.score(query, ids, ts)
+        a.observe(query, ids, clicked, ts)
+        assert b.score_then_observe(query, ids, clicked, ts) == pytest.approx(expected, rel=1e-12)
