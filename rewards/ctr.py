@@ -23,8 +23,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
 _REBASE_EXP = 256.0
-_EMPTY: dict[str, list[float]] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,8 +50,27 @@ def posterior_ctr(
     return min(max(p_qi, prior.clip_eps), 1.0 - prior.clip_eps)
 
 
+def _grouped_exclusive_cumsum(codes: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """For each position, the sum of `values` at earlier positions with the same code."""
+    order = np.argsort(codes, kind="stable")
+    v = values[order]
+    c = codes[order]
+    csum = np.cumsum(v) - v  # exclusive running sum over the sorted order
+    starts = np.ones(len(c), dtype=bool)
+    starts[1:] = c[1:] != c[:-1]
+    group_base = np.maximum.accumulate(np.where(starts, np.arange(len(c)), 0))
+    out = np.empty_like(values)
+    out[order] = csum - csum[group_base]
+    return out
+
+
 class CtrTable:
-    """Decayed click/impression counts per (query, item), per item and global."""
+    """Decayed click/impression counts per (query, item), per item and global.
+
+    Two ways in: `score` / `observe` per request (the readable reference), and
+    `score_then_observe_batch`, which does the same for many requests at once with numpy (the
+    joiner's hot path) — each request still sees only the requests before it in the batch.
+    """
 
     def __init__(self, prior: CtrPrior, max_entries: int = 2_000_000) -> None:
         self.prior = prior
@@ -58,16 +80,18 @@ class CtrTable:
         self._scale_now = 1.0
         self._global = [0.0, 0.0]  # [clicks, impressions], scaled
         self._items: dict[str, list[float]] = {}
-        self._pairs: dict[str, dict[str, list[float]]] = {}  # query -> item -> [c, n]
-        self._n_pairs = 0
+        self._pairs: dict[str, list[float]] = {}  # f"{query}\x1f{item}" -> [c, n]
 
     def __len__(self) -> int:
-        return self._n_pairs
+        return len(self._pairs)
+
+    def _half_life_ms(self) -> float:
+        return self.prior.half_life_s * 1000.0
 
     def _scale(self, ts_ms: int) -> float:
         if self._t_ref_ms is None:
             self._t_ref_ms = ts_ms
-        exp = (ts_ms - self._t_ref_ms) / (self.prior.half_life_s * 1000.0)
+        exp = (ts_ms - self._t_ref_ms) / self._half_life_ms()
         if exp > _REBASE_EXP:
             self._rebase(ts_ms)
             exp = 0.0
@@ -75,17 +99,17 @@ class CtrTable:
 
     def _rebase(self, ts_ms: int) -> None:
         assert self._t_ref_ms is not None
-        factor = 2.0 ** (-(ts_ms - self._t_ref_ms) / (self.prior.half_life_s * 1000.0))
+        factor = 2.0 ** (-(ts_ms - self._t_ref_ms) / self._half_life_ms())
         for counts in self._iter_counts():
             counts[0] *= factor
             counts[1] *= factor
         self._t_ref_ms = ts_ms
+        self._scale_now = 2.0 ** ((self._now_ms - ts_ms) / self._half_life_ms())
 
     def _iter_counts(self) -> Iterable[list[float]]:
         yield self._global
         yield from self._items.values()
-        for per_item in self._pairs.values():
-            yield from per_item.values()
+        yield from self._pairs.values()
 
     def _advance(self, ts_ms: int) -> None:
         if ts_ms > self._now_ms or self._t_ref_ms is None:
@@ -93,107 +117,130 @@ class CtrTable:
             self._scale_now = self._scale(self._now_ms)
 
     def score(self, query: str, item_ids: Sequence[str], ts_ms: int) -> list[float]:
-        """Posterior CTR of each item for `query`, as of event time `ts_ms` (reads only).
-
-        `posterior_ctr` inlined: this runs for every impressed item of every request.
-        """
+        """Posterior CTR of each item for `query`, as of event time `ts_ms` (reads only)."""
         self._advance(ts_ms)
         inv = 1.0 / self._scale_now
-        pr = self.prior
-        m_g, m_i, m_qi = pr.global_strength, pr.item_strength, pr.query_item_strength
-        lo, hi = pr.clip_eps, 1.0 - pr.clip_eps
-        p_g = (self._global[0] * inv + m_g * pr.prior_ctr) / (self._global[1] * inv + m_g)
-        items = self._items
-        per_item = self._pairs.get(query, _EMPTY)
-        zero = (0.0, 0.0)
+        g = self._global
+        zero = [0.0, 0.0]
         out = []
         for item_id in item_ids:
-            ci = items.get(item_id, zero)
-            cqi = per_item.get(item_id, zero)
-            p_i = (ci[0] * inv + m_i * p_g) / (ci[1] * inv + m_i)
-            p = (cqi[0] * inv + m_qi * p_i) / (cqi[1] * inv + m_qi)
-            out.append(lo if p < lo else hi if p > hi else p)
+            ci = self._items.get(item_id, zero)
+            cqi = self._pairs.get(f"{query}\x1f{item_id}", zero)
+            out.append(
+                posterior_ctr(
+                    cqi[0] * inv, cqi[1] * inv, ci[0] * inv, ci[1] * inv, g[0] * inv, g[1] * inv, self.prior
+                )
+            )
         return out
 
     def observe(self, query: str, item_ids: Sequence[str], clicked: Sequence[bool], ts_ms: int) -> None:
         """Count one finalised request: every impressed item, and whether it was clicked."""
         self._advance(ts_ms)
         w = self._scale(ts_ms)
-        per_item = self._pairs.get(query)
-        if per_item is None:
-            per_item = self._pairs[query] = {}
-        items = self._items
-        g = self._global
         for item_id, was_clicked in zip(item_ids, clicked, strict=True):
             click = w if was_clicked else 0.0
-            g[0] += click
-            g[1] += w
-            ci = items.get(item_id)
-            if ci is None:
-                items[item_id] = [click, w]
-            else:
-                ci[0] += click
-                ci[1] += w
-            cqi = per_item.get(item_id)
-            if cqi is None:
-                per_item[item_id] = [click, w]
-                self._n_pairs += 1
-            else:
-                cqi[0] += click
-                cqi[1] += w
-        if self._n_pairs > self.max_entries:
+            self._global[0] += click
+            self._global[1] += w
+            for table, key in ((self._items, item_id), (self._pairs, f"{query}\x1f{item_id}")):
+                counts = table.get(key)
+                if counts is None:
+                    table[key] = [click, w]
+                else:
+                    counts[0] += click
+                    counts[1] += w
+        if len(self._pairs) > self.max_entries:
             self._prune()
 
-    def score_then_observe(
-        self, query: str, item_ids: Sequence[str], clicked: Sequence[bool], ts_ms: int
-    ) -> list[float]:
-        """`score` then `observe` in one pass over the items (the join's hot path): each item's CTR
-        is read before this request is counted, so equal to `score` followed by `observe`."""
-        self._advance(ts_ms)
-        inv = 1.0 / self._scale_now
-        w = self._scale(ts_ms)
+    def score_then_observe_batch(
+        self,
+        queries: Sequence[str],
+        item_ids: Sequence[str],
+        clicked: Sequence[bool],
+        lengths: Sequence[int],
+        ts_ms: Sequence[int],
+    ) -> np.ndarray:
+        """For requests in finalisation order (request r owns `lengths[r]` consecutive entries of
+        the flat `item_ids` / `clicked`): each item's CTR as `score` gives it just before request r
+        is counted, then every request counted — equal to calling score then observe per request.
+        """
+        n_req = len(lengths)
+        if n_req == 0:
+            return np.zeros(0)
+        lens = np.asarray(lengths, dtype=np.int64)
+        ts = np.asarray(ts_ms, dtype=np.float64)
+        if self._t_ref_ms is None:
+            self._t_ref_ms = int(ts[0])
+            self._now_ms = int(ts[0])
+        now = np.maximum.accumulate(np.maximum(ts, self._now_ms))  # the read clock of request r
+        if (now[-1] - self._t_ref_ms) / self._half_life_ms() > _REBASE_EXP:
+            self._rebase(int(now[-1]))
+        hl = self._half_life_ms()
+        inv_r = np.exp2(-(now - self._t_ref_ms) / hl)  # 1 / scale(now_r)
+        w_r = np.exp2((ts - self._t_ref_ms) / hl)  # weight of request r's observations
+        req = np.repeat(np.arange(n_req), lens)  # request index of every flat entry
+        w = w_r[req]
+        inv = inv_r[req]
+        dc = np.asarray(clicked, dtype=np.float64) * w
+
+        # global counts before request r: the table's plus every earlier request's in the batch
+        gc_r = np.bincount(req, weights=dc, minlength=n_req)
+        gn_r = lens * w_r
+        g_c = (self._global[0] + np.cumsum(gc_r) - gc_r)[req]
+        g_n = (self._global[1] + np.cumsum(gn_r) - gn_r)[req]
+
+        ids = pa.array(item_ids, pa.string())
+        pair_keys = pc.binary_join_element_wise(
+            pa.array(np.repeat(np.asarray(queries, dtype=object), lens), pa.string()), ids, "\x1f"
+        )
+        i_c, i_n, i_codes, i_uniq = self._group_before(self._items, ids, dc, w)
+        q_c, q_n, q_codes, q_uniq = self._group_before(self._pairs, pair_keys, dc, w)
+
         pr = self.prior
-        m_g, m_i, m_qi = pr.global_strength, pr.item_strength, pr.query_item_strength
-        lo, hi = pr.clip_eps, 1.0 - pr.clip_eps
-        g = self._global
-        p_g = (g[0] * inv + m_g * pr.prior_ctr) / (g[1] * inv + m_g)
-        items = self._items
-        per_item = self._pairs.get(query)
-        if per_item is None:
-            per_item = self._pairs[query] = {}
-        out = []
-        n_clicks = 0.0
-        for item_id, was_clicked in zip(item_ids, clicked, strict=True):
-            click = w if was_clicked else 0.0
-            n_clicks += click
-            ci = items.get(item_id)
-            if ci is None:
-                ci = items[item_id] = [0.0, 0.0]
-            cqi = per_item.get(item_id)
-            if cqi is None:
-                cqi = per_item[item_id] = [0.0, 0.0]
-                self._n_pairs += 1
-            p_i = (ci[0] * inv + m_i * p_g) / (ci[1] * inv + m_i)
-            p = (cqi[0] * inv + m_qi * p_i) / (cqi[1] * inv + m_qi)
-            out.append(lo if p < lo else hi if p > hi else p)
-            ci[0] += click
-            ci[1] += w
-            cqi[0] += click
-            cqi[1] += w
-        g[0] += n_clicks
-        g[1] += w * len(out)
-        if self._n_pairs > self.max_entries:
+        p_g = (g_c * inv + pr.global_strength * pr.prior_ctr) / (g_n * inv + pr.global_strength)
+        p_i = (i_c * inv + pr.item_strength * p_g) / (i_n * inv + pr.item_strength)
+        p = (q_c * inv + pr.query_item_strength * p_i) / (q_n * inv + pr.query_item_strength)
+        out = np.clip(p, pr.clip_eps, 1.0 - pr.clip_eps)
+
+        self._global[0] += float(gc_r.sum())
+        self._global[1] += float(gn_r.sum())
+        self._add_back(self._items, i_uniq, i_codes, dc, w)
+        self._add_back(self._pairs, q_uniq, q_codes, dc, w)
+        self._now_ms = int(now[-1])
+        self._scale_now = float(2.0 ** ((self._now_ms - self._t_ref_ms) / hl))
+        if len(self._pairs) > self.max_entries:
             self._prune()
         return out
 
+    @staticmethod
+    def _group_before(
+        table: dict[str, list[float]], keys: pa.Array, dc: np.ndarray, w: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+        """Counts of each entry's key before it: the table's plus earlier entries of the batch."""
+        enc = keys.dictionary_encode()
+        codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        uniq = enc.dictionary.to_pylist()
+        zero = (0.0, 0.0)
+        base = np.array([table.get(k, zero) for k in uniq], dtype=np.float64).reshape(-1, 2)
+        c = base[codes, 0] + _grouped_exclusive_cumsum(codes, dc)
+        n = base[codes, 1] + _grouped_exclusive_cumsum(codes, w)
+        return c, n, codes, uniq
+
+    @staticmethod
+    def _add_back(
+        table: dict[str, list[float]], uniq: list[str], codes: np.ndarray, dc: np.ndarray, w: np.ndarray
+    ) -> None:
+        add_c = np.bincount(codes, weights=dc, minlength=len(uniq)).tolist()
+        add_n = np.bincount(codes, weights=w, minlength=len(uniq)).tolist()
+        for key, c, n in zip(uniq, add_c, add_n, strict=True):
+            counts = table.get(key)
+            if counts is None:
+                table[key] = [c, n]
+            else:
+                counts[0] += c
+                counts[1] += n
+
     def _prune(self) -> None:
         """Drop the weakest (query, item) pairs (fewest decayed impressions) down to 80 %."""
-        weights = sorted(c[1] for per in self._pairs.values() for c in per.values())
+        weights = sorted(c[1] for c in self._pairs.values())
         cut = weights[len(weights) - int(self.max_entries * 0.8)]
-        for query in list(self._pairs):
-            per = self._pairs[query]
-            for item_id in [k for k, c in per.items() if c[1] < cut]:
-                del per[item_id]
-            if not per:
-                del self._pairs[query]
-        self._n_pairs = sum(len(per) for per in self._pairs.values())
+        self._pairs = {k: c for k, c in self._pairs.items() if c[1] >= cut}

@@ -101,38 +101,51 @@ class Enricher:
                     break
         return out
 
-    def build(self, req: OpenRequest, now_ms: int, reason: str, sink: RecordColumns) -> None:
-        """Score one finalised request into `sink` (one record), then fold it into the state."""
-        imp = req.imp
-        ids = [it.item_id for it in imp.items]
-        clicked = [i in req.clicked for i in ids] if req.clicked else [False] * len(ids)
-        ordered = [i in req.ordered for i in ids] if req.ordered else [False] * len(ids)
+    def build(self, finished: list[tuple[OpenRequest, int, str]], sink: RecordColumns) -> None:
+        """Score finalised requests, in finalisation order, into `sink` (one record each), folding
+        each into the state before the next: CTR and history see only earlier requests."""
+        queries, flat_ids, flat_clicked, lengths, ts = [], [], [], [], []
+        per_request = []
+        for req, _, _ in finished:
+            imp = req.imp
+            ids = [it.item_id for it in imp.items]
+            clicked = [i in req.clicked for i in ids] if req.clicked else [False] * len(ids)
+            ordered = [i in req.ordered for i in ids] if req.ordered else [False] * len(ids)
+            queries.append(imp.query)
+            flat_ids.extend(ids)
+            flat_clicked.extend(clicked)
+            lengths.append(len(ids))
+            ts.append(imp.ts_ms)
+            per_request.append((ids, clicked, ordered))
+        ctr = self.ctr.score_then_observe_batch(queries, flat_ids, flat_clicked, lengths, ts).tolist()
         vc, vo = self.v_click, self.v_order
-        co = [vo if o else (vc if c else 0.0) for c, o in zip(clicked, ordered, strict=True)]
-        history = self.history(imp.user_id, imp.ts_ms)
-        # scored on counts from earlier requests only, then this request is counted
-        ctr = self.ctr.score_then_observe(imp.query, ids, clicked, imp.ts_ms)
-        sink.add(
-            imp.request_id,
-            imp.user_id,
-            imp.query,
-            imp.ts_ms,
-            now_ms,
-            imp.keywords,
-            history,
-            reason,
-            (
-                ids,
-                [it.position for it in imp.items],
-                [-1 if it.rel_tier is None else it.rel_tier for it in imp.items],
-                ctr,
-                clicked,
-                ordered,
-                co,
-            ),
-        )
-        if req.clicked:
-            self._remember_clicks(imp.user_id, imp.ts_ms, ids, clicked)
+        offset = 0
+        for (req, now_ms, reason), (ids, clicked, ordered) in zip(finished, per_request, strict=True):
+            imp = req.imp
+            n = len(ids)
+            co = [vo if o else (vc if c else 0.0) for c, o in zip(clicked, ordered, strict=True)]
+            sink.add(
+                imp.request_id,
+                imp.user_id,
+                imp.query,
+                imp.ts_ms,
+                now_ms,
+                imp.keywords,
+                self.history(imp.user_id, imp.ts_ms),
+                reason,
+                (
+                    ids,
+                    [it.position for it in imp.items],
+                    [-1 if it.rel_tier is None else it.rel_tier for it in imp.items],
+                    ctr[offset : offset + n],
+                    clicked,
+                    ordered,
+                    co,
+                ),
+            )
+            offset += n
+            if req.clicked:
+                self._remember_clicks(imp.user_id, imp.ts_ms, ids, clicked)
 
     def absorb(self, record: Record) -> None:
         """Fold a record read back from the rewards topic (recovery): the same state as `build`."""
@@ -188,7 +201,8 @@ class JoinState:
         self._seq = 0
         self.finalized: OrderedDict[str, Finalized] = OrderedDict()
         self._seen: OrderedDict[str, int] = OrderedDict()
-        self.records = RecordColumns()
+        self._records = RecordColumns()
+        self._finished: list[tuple[OpenRequest, int, str]] = []  # finalised, not yet scored
         self.dead: list[dict[str, Any]] = []
         self.counts: Counter[str] = Counter()
 
@@ -251,9 +265,21 @@ class JoinState:
         )
 
     # -- outputs ----------------------------------------------------------------------------
+    @property
+    def records(self) -> RecordColumns:
+        """Finished records; requests finalised since the last look are scored now, in one batch."""
+        if self._finished:
+            self.enricher.build(self._finished, self._records)
+            self._finished = []
+        return self._records
+
+    def n_finished(self) -> int:
+        """Records finished so far, scored or not (cheap: scores nothing)."""
+        return len(self._records) + len(self._finished)
+
     def drain(self) -> tuple[RecordColumns, list[dict[str, Any]]]:
         records, dead = self.records, self.dead
-        self.records, self.dead = RecordColumns(), []
+        self._records, self.dead = RecordColumns(), []
         return records, dead
 
     def held_offsets(self) -> dict[tuple[str, int], int]:
@@ -381,7 +407,7 @@ class JoinState:
 
     def _finalize(self, rid: str, now_ms: int, reason: str) -> None:
         req = self.open.pop(rid)
-        self.enricher.build(req, now_ms, reason, self.records)
+        self._finished.append((req, now_ms, reason))
         self.finalized[rid] = Finalized(req.imp.ts_ms, frozenset(req.clicked), frozenset(req.ordered))
         self.counts["records"] += 1
         self.counts[f"finalized_{reason}"] += 1

@@ -95,7 +95,7 @@ def replay(
                     continue
                 clock = max(clock, ev.ts_ms)
                 state.on_event(ev, line.rstrip(b"\r\n"), src, "in", clock)
-                if len(state.records) >= roll_records or len(state.dead) >= 1024:
+                if state.n_finished() >= min(roll_records, 8192) or len(state.dead) >= 1024:
                     flush()
         state.finish(clock)
         flush(final=True)

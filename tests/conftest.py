@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,18 @@ sys.path.insert(0, str(Path(__file__).parent))
 from configs import StreamrlConfig, load_config
 from stream.broker import LocalBroker
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SHARED = Path(os.environ.get("STREAMRL_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
+
+
+def shared_data(relative: str) -> Path:
+    """A fixture file from ../shared/data (CI always has it beside the clone)."""
+    path = SHARED / "data" / relative
+    if not path.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{path} missing: CI must run with ../shared beside the clone")
+        pytest.skip(f"{path} not present (../shared is not beside this checkout)")
+    return path
+
 
 # Test-sized timeouts (BROKER.md: first group join takes about half the session timeout).
 FAST_KAFKA = ["kafka.session_timeout_ms=6000", "kafka.heartbeat_interval_ms=1000"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import orjson
 import pyarrow.parquet as pq
-from conftest import SHARED
+from conftest import shared_data
 
 from stream.synthetic import SynthSpec, write_jsonl
 
@@ -78,8 +78,8 @@ def test_replay_refuses_a_bad_config(tmp_path: Path) -> None:
 def test_real_esci_queries_and_otto_delays_flow_through(tmp_path: Path) -> None:
     """Real ESCI queries with their judged tiers (Apache-2.0, Reddy et al. 2022) as impressions,
     and real OTTO click→order sessions (CC BY 4.0) as clicks and orders with their real gaps."""
-    judg = json.loads((SHARED / "data/esci/esci_us_judgments.json").read_text())["judgmentRatings"]
-    sessions = [json.loads(x) for x in (SHARED / "data/otto/train_sample.jsonl").read_text().splitlines()]
+    judg = json.loads(shared_data("esci/esci_us_judgments.json").read_text())["judgmentRatings"]
+    sessions = [json.loads(x) for x in shared_data("otto/train_sample.jsonl").read_text().splitlines()]
     tier = {"100.000": 3, "10.000": 2, "1.000": 1, "0.000": 0}
     lines, expect = [], {}
     for n, (q, sess) in enumerate(zip(judg, sessions, strict=False)):

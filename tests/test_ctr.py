@@ -66,17 +66,26 @@ def test_prune_bounds_pairs() -> None:
     assert len(table) <= 1000
 
 
-def test_one_pass_equals_score_then_observe() -> None:
+def test_batch_equals_score_then_observe_per_request() -> None:
+    """The vectorised batch path against the per-request reference, including repeats of the same
+    (query, item) inside one batch, decay between requests, and a clock that goes backwards."""
     import random
 
     rng = random.Random(0)
-    a, b = CtrTable(PRIOR), CtrTable(PRIOR)
-    for step in range(300):
-        query = f"q{rng.randrange(5)}"
-        ids = [f"i{rng.randrange(30)}" for _ in range(rng.randrange(1, 8))]
-        ids = list(dict.fromkeys(ids))
-        clicked = [rng.random() < 0.3 for _ in ids]
-        ts = 1_000 * step + rng.randrange(500)
-        expected = a.score(query, ids, ts)
-        a.observe(query, ids, clicked, ts)
-        assert b.score_then_observe(query, ids, clicked, ts) == pytest.approx(expected, rel=1e-12)
+    ref, fast = CtrTable(PRIOR), CtrTable(PRIOR)
+    for _batch in range(20):
+        queries, flat, clicks, lens, stamps, expected = [], [], [], [], [], []
+        for _ in range(rng.randrange(1, 40)):
+            query = f"q{rng.randrange(4)}"
+            ids = list(dict.fromkeys(f"i{rng.randrange(25)}" for _ in range(rng.randrange(1, 8))))
+            clicked = [rng.random() < 0.3 for _ in ids]
+            ts = 1_000_000 + rng.randrange(0, 50_000_000)
+            expected += ref.score(query, ids, ts)
+            ref.observe(query, ids, clicked, ts)
+            queries.append(query)
+            flat += ids
+            clicks += clicked
+            lens.append(len(ids))
+            stamps.append(ts)
+        got = fast.score_then_observe_batch(queries, flat, clicks, lens, stamps)
+        assert got.tolist() == pytest.approx(expected, rel=1e-9)

@@ -30,7 +30,7 @@ def test_nothing_imports_rl_or_the_cli() -> None:
 
 def test_rewards_is_pure() -> None:
     for module, names in imports("rewards").items():
-        assert not names & {"kafka", "torch", "stream", "pyarrow"}, module
+        assert not names & {"kafka", "torch", "stream"}, module
 
 
 def test_one_module_talks_to_kafka() -> None:
