@@ -273,9 +273,9 @@ class JoinState:
             self._finished = []
         return self._records
 
-    def n_finished(self) -> int:
-        """Records finished so far, scored or not (cheap: scores nothing)."""
-        return len(self._records) + len(self._finished)
+    def n_unscored(self) -> int:
+        """Requests finalised but not scored yet (cheap: scores nothing)."""
+        return len(self._finished)
 
     def drain(self) -> tuple[RecordColumns, list[dict[str, Any]]]:
         records, dead = self.records, self.dead

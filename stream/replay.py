@@ -9,6 +9,7 @@ DIR is replaced.
 
 from __future__ import annotations
 
+import gc
 import gzip
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -55,6 +56,16 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
 def replay(
     paths: Sequence[Path], out_dir: Path, cfg: JoinConfig, roll_records: int = 200_000
 ) -> ReplayResult:
+    """Join the files into `out_dir` (see the module docstring)."""
+    old = gc.get_threshold()
+    gc.set_threshold(50_000, 50, 1000)  # join state is long-lived and acyclic: collect rarely
+    try:
+        return _replay(paths, out_dir, cfg, roll_records)
+    finally:
+        gc.set_threshold(*old)
+
+
+def _replay(paths: Sequence[Path], out_dir: Path, cfg: JoinConfig, roll_records: int) -> ReplayResult:
     for path in paths:  # fail before writing anything if an input is missing
         if not path.is_file():
             raise ReplayInputError(f"{path}: no such file")
@@ -95,7 +106,7 @@ def replay(
                     continue
                 clock = max(clock, ev.ts_ms)
                 state.on_event(ev, line.rstrip(b"\r\n"), src, "in", clock)
-                if state.n_finished() >= min(roll_records, 8192) or len(state.dead) >= 1024:
+                if state.n_unscored() >= 4096 or len(state.dead) >= 1024:
                     flush()
         state.finish(clock)
         flush(final=True)
