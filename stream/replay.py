@@ -92,9 +92,11 @@ def _replay(paths: Sequence[Path], out_dir: Path, cfg: JoinConfig, roll_records:
         for path in paths:
             name = str(path)
             for lineno, line in _lines(path):
-                if not line.strip():
-                    continue
                 src = Source(name, -1, lineno)
+                if not line.strip():  # not an event: set aside like any bad line
+                    state.counts["dead_malformed"] += 1
+                    state.dead.append(dead_letter("malformed: empty line", line.rstrip(b"\r\n"), src))
+                    continue
                 try:
                     ev = decode_event(line)
                 except Malformed as exc:

@@ -122,6 +122,41 @@ def join(
 
 
 @app.command()
+def records(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    out: Annotated[Path | None, typer.Option("--out", help="JSON-lines file (default stdout).")] = None,
+    group: Annotated[str, typer.Option(help="Consumer group of this reader.")] = "streamrl-records-dump",
+    idle_s: Annotated[float, typer.Option(help="Stop after this long without a new record.")] = 5.0,
+) -> None:
+    """Read the rewards topic through the learner's reader (each request once) as JSON lines."""
+    import orjson
+
+    from stream.kafka_io import RewardReader
+
+    cfg = _config(config, set_)
+    reader = RewardReader(cfg.kafka, group)
+    sink = open(out, "wb") if out else sys.stdout.buffer  # noqa: SIM115
+    n, last = 0, time.monotonic()
+    try:
+        while time.monotonic() - last < idle_s:
+            batch = reader.poll(500)
+            if not reader.consumer.assignment():
+                last = time.monotonic()  # still joining the group: the idle clock has not started
+            for rec in batch:
+                sink.write(orjson.dumps(rec) + b"\n")
+            if batch:
+                n += len(batch)
+                last = time.monotonic()
+                reader.commit()
+    finally:
+        reader.close()
+        if out:
+            sink.close()
+    console.print(f"{n} records, {reader.seen.duplicates} duplicate copies dropped")
+
+
+@app.command()
 def broker(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0 = a free one).")] = 0,
 ) -> None:
@@ -179,5 +214,4 @@ def main() -> None:  # pragma: no cover
 
 
 if __name__ == "__main__":  # pragma: no cover
-    time.sleep(0)
     main()

@@ -6,6 +6,8 @@ from __future__ import annotations
 import random
 import re
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -89,6 +91,14 @@ def test_join_end_to_end_matches_replay(kafka_cfg: StreamrlConfig, tmp_path: Pat
     assert len(malformed) == sum(1 for x in lines if _is_malformed(x))
     assert all({"topic", "partition", "offset"} <= set(d["source"]) and d["raw"] for d in dead)
     assert {d["reason"].split(":")[0] for d in dead} >= {"malformed", "orphan", "item_not_impressed"}
+    # an operator's view of the same: `streamrl records` through the learner's reader
+    dump = tmp_path / "records.jsonl"
+    cmd = [sys.executable, "-m", "streamrl", "records", "--out", str(dump), "--idle-s", "3"]
+    for o in overrides(cfg):
+        cmd += ["--set", o]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+    dumped = [orjson.loads(x) for x in dump.read_bytes().splitlines()]
+    assert sorted(r["request_id"] for r in dumped) == sorted(want)
     # the archive holds every record exactly once
     archived = list(read_records(part_files(Path(cfg.archive.dir))))
     assert sorted(r["request_id"] for r in archived) == sorted(want)
