@@ -120,7 +120,11 @@ class Joiner:
             shard = self.shards.pop(tp.partition, None)
             self.pending.pop(tp.partition, None)
             if shard is not None:  # finalised ids are facts whoever owns the shard next
-                self.finalized_by_part.setdefault(tp.partition % self.out_parts, {}).update(shard.finalized)
+                stash = self.finalized_by_part.setdefault(tp.partition % self.out_parts, {})
+                stash.update(shard.finalized)
+                horizon = shard.watermark - shard.retention_ms  # what the shard would forget
+                for rid in [r for r, f in stash.items() if f.ts_ms < horizon]:
+                    del stash[rid]
 
     def on_assigned(self, assigned: list[Any]) -> None:
         log.info("assigned %s", sorted((tp.topic, tp.partition) for tp in assigned))
