@@ -29,12 +29,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+import numpy as np
+import pyarrow as pa
+
 from configs.schema import JoinConfig
 from rewards.ctr import CtrPrior, CtrTable
 from stream.events import Action, Click, Impression
 from stream.records import Record, RecordColumns
 
 _NEG_INF = -(2**62)
+_NONE: frozenset[str] = frozenset()
 
 
 class Source(NamedTuple):
@@ -147,14 +151,37 @@ class Enricher:
             if req.clicked:
                 self._remember_clicks(imp.user_id, imp.ts_ms, ids, clicked)
 
-    def absorb(self, record: Record) -> None:
-        """Fold a record read back from the rewards topic (recovery): the same state as `build`."""
-        items = record["items"]
-        ids = [it["item_id"] for it in items]
-        clicked = [it["clicked"] for it in items]
-        self.ctr.observe(record["query"], ids, clicked, record["ts_ms"])
-        if any(clicked):
-            self._remember_clicks(record["user_id"], record["ts_ms"], ids, clicked)
+    def absorb_table(self, table: pa.Table) -> list[tuple[str, Finalized]]:
+        """Fold records read back from the rewards topic (recovery), in order, vectorised like
+        `build`; returns (request_id, Finalized) for each."""
+        n = table.num_rows
+        if n == 0:
+            return []
+        items = table.column("items").combine_chunks()
+        lengths = np.diff(items.offsets.to_numpy())
+        flat = items.flatten()
+        ids = flat.field("item_id").to_pylist()
+        clicked = flat.field("clicked").to_pylist()
+        ordered = flat.field("ordered").to_pylist()
+        queries = table.column("query").to_pylist()
+        ts = table.column("ts_ms").to_pylist()
+        users = table.column("user_id").to_pylist()
+        self.ctr.score_then_observe_batch(queries, ids, clicked, lengths.tolist(), ts)
+        out = []
+        offset = 0
+        for rid, user, t, length in zip(
+            table.column("request_id").to_pylist(), users, ts, lengths.tolist(), strict=True
+        ):
+            r_ids = ids[offset : offset + length]
+            r_clicked = clicked[offset : offset + length]
+            r_ordered = ordered[offset : offset + length]
+            offset += length
+            c = frozenset(i for i, f in zip(r_ids, r_clicked, strict=True) if f) if any(r_clicked) else _NONE
+            o = frozenset(i for i, f in zip(r_ids, r_ordered, strict=True) if f) if any(r_ordered) else _NONE
+            if c:
+                self._remember_clicks(user, t, r_ids, r_clicked)
+            out.append((rid, Finalized(t, c, o)))
+        return out
 
     def _remember_clicks(self, user: str, ts: int, ids: Sequence[str], clicked: Sequence[bool]) -> None:
         """Per user, (ts, item) newest first; an item appears once, at its latest request."""

@@ -95,19 +95,16 @@ class Joiner:
     def _recover(self) -> None:
         """Fold the recent rewards topic back in: CTR counts, histories, finalised request ids."""
         since = _now_ms() - int(self.cfg.joiner.recovery_lookback_s * 1000)
-        first: dict[str, None] = {}
+        first: set[str] = set()
         for part, _, value in kafka_io.read_span(self.cfg.kafka, self.topics.rewards, since):
-            for rec in decode_batch(value).to_pylist():
-                if rec["request_id"] in first:
-                    continue
-                first[rec["request_id"]] = None
-                self.enricher.absorb(rec)
-                items = rec["items"]
-                self.finalized_by_part.setdefault(part, {})[rec["request_id"]] = Finalized(
-                    rec["ts_ms"],
-                    frozenset(it["item_id"] for it in items if it["clicked"]),
-                    frozenset(it["item_id"] for it in items if it["ordered"]),
-                )
+            table = decode_batch(value)
+            rids = table.column("request_id").to_pylist()
+            fresh = [rid not in first for rid in rids]  # a second copy of a record is skipped
+            first.update(rids)
+            if not all(fresh):
+                table = table.filter(pa.array(fresh))
+            stash = self.finalized_by_part.setdefault(part, {})
+            stash.update(self.enricher.absorb_table(table))
         self.counts["recovered_records"] = len(first)
         log.info("recovered %d records from %s", len(first), self.topics.rewards)
 

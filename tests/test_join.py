@@ -247,3 +247,30 @@ def test_recovered_finalised_request_is_not_emitted_again() -> None:
     assert len(state.records) == 0
     assert state.counts["redelivered"] == 2  # the impression and the click on "a"
     assert [d["reason"] for d in state.dead] == ["late"]  # "b" was never in the record
+
+
+def test_recovery_from_records_rebuilds_ctr_and_history() -> None:
+    """A restarted joiner folds the rewards topic back in (Enricher.absorb_table): it must then
+    score the next request exactly as the joiner that never stopped."""
+    events = [
+        imp("r1", 0, "ab", user="u1"),
+        act("click", "r1", "a", 1),
+        imp("r2", 50, "abc", user="u2"),
+        act("click", "r2", "c", 51),
+        imp("r3", 100, "bc", user="u1"),
+        act("click", "r3", "b", 101),
+    ]
+    state, _, _ = run(events)
+    table = state.drain()[0].table()
+    restarted = Enricher(CFG)
+    recovered = dict(restarted.absorb_table(table))
+    assert recovered["r1"].clicked == {"a"} and recovered["r2"].ordered == frozenset()
+    nxt = orjson.dumps(imp("r4", 200, "abc", user="u1"))
+    scores = []
+    for enricher in (state.enricher, restarted):
+        s = JoinState(CFG, enricher)
+        s.on_event(decode_event(nxt), nxt, Source("f", -1, 1), "in", 0)
+        s.finish(0)
+        scores.append(s.records.to_pylist()[0])
+    assert scores[0]["history"] == scores[1]["history"] == ["b", "a"]
+    assert [i["ctr"] for i in scores[0]["items"]] == pytest.approx([i["ctr"] for i in scores[1]["items"]])
