@@ -28,7 +28,7 @@ from stream.synthetic import SynthSpec, generate
 
 def produce(cfg: StreamrlConfig, n_events: int) -> int:
     spec = SynthSpec(requests=n_events, seed=1, rate_per_s=50)
-    producer = kafka_io.make_producer(cfg.kafka, acks=1, linger_ms=20)
+    producer = kafka_io.make_producer(cfg.kafka, acks=1, linger_ms=20, enable_idempotence=False)
     n = 0
     batch = []
     for _, raw in generate(spec):

@@ -21,6 +21,7 @@ from configs import load_config
 from configs.schema import KafkaConfig
 from stream import kafka_io
 from stream.broker import LocalBroker
+from stream.events import Malformed, decode_event
 from stream.records import decode_batch
 from stream.synthetic import SynthSpec, generate
 
@@ -39,7 +40,7 @@ DEMO_OVERRIDES = [
 
 def _produce_live(kcfg: KafkaConfig, spec: SynthSpec, stop: threading.Event, sent: Counter[str]) -> None:
     """Send generated events when their arrival time comes (the demo runs in real time)."""
-    producer = kafka_io.make_producer(kcfg, acks=1)
+    producer = kafka_io.make_producer(kcfg, acks=1, enable_idempotence=False)
     for arrival, raw in generate(spec):
         while arrival > time.time() * 1000:
             if stop.wait(0.01):
@@ -48,8 +49,8 @@ def _produce_live(kcfg: KafkaConfig, spec: SynthSpec, stop: threading.Event, sen
             break
         kafka_io.produce_events(producer, kcfg.topics, [raw])
         try:
-            sent[orjson.loads(raw)["type"]] += 1
-        except (orjson.JSONDecodeError, KeyError, TypeError):
+            sent[type(decode_event(raw)).__name__.lower()] += 1
+        except Malformed:
             sent["malformed"] += 1
     producer.flush()
     producer.close()
@@ -120,12 +121,12 @@ def run_demo(duration: float, rate: float, out: Path, console: Console, stop: th
                 quiet = time.monotonic() - last_out > cfg.join.idle_finalize_s + 5
                 if not producer.is_alive() and quiet:
                     break
-        stop.set()
-        joiner.terminate()
-        code = joiner.wait(timeout=30)
+            stop.set()
+            joiner.terminate()  # SIGTERM: the joiner drains, commits and exits 0
+            code = joiner.wait(timeout=30)
+            live.update(_panel(sent, got, sample, False))
         reader.close()
-    console.print(_panel(sent, got, sample, False))
-    console.print(f"joiner exited {code}; archive in {out / 'archive'}; logs in {out}")
+    console.print(f"\njoiner exited {code}; archive in {out / 'archive'}; logs in {out}")
     return 0 if code == 0 and got["records"] > 0 else 1
 
 
