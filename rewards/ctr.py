@@ -50,6 +50,15 @@ def posterior_ctr(
     return min(max(p_qi, prior.clip_eps), 1.0 - prior.clip_eps)
 
 
+def _bump(table: dict[str, list[float]], key: str, clicks: float, impressions: float) -> None:
+    counts = table.get(key)
+    if counts is None:
+        table[key] = [clicks, impressions]
+    else:
+        counts[0] += clicks
+        counts[1] += impressions
+
+
 def _grouped_exclusive_cumsum(codes: np.ndarray, values: np.ndarray) -> np.ndarray:
     """For each position, the sum of `values` at earlier positions with the same code."""
     order = np.argsort(codes, kind="stable")
@@ -141,13 +150,8 @@ class CtrTable:
             click = w if was_clicked else 0.0
             self._global[0] += click
             self._global[1] += w
-            for table, key in ((self._items, item_id), (self._pairs, f"{query}\x1f{item_id}")):
-                counts = table.get(key)
-                if counts is None:
-                    table[key] = [click, w]
-                else:
-                    counts[0] += click
-                    counts[1] += w
+            _bump(self._items, item_id, click, w)
+            _bump(self._pairs, f"{query}\x1f{item_id}", click, w)
         if len(self._pairs) > self.max_entries:
             self._prune()
 
@@ -232,12 +236,7 @@ class CtrTable:
         add_c = np.bincount(codes, weights=dc, minlength=len(uniq)).tolist()
         add_n = np.bincount(codes, weights=w, minlength=len(uniq)).tolist()
         for key, c, n in zip(uniq, add_c, add_n, strict=True):
-            counts = table.get(key)
-            if counts is None:
-                table[key] = [c, n]
-            else:
-                counts[0] += c
-                counts[1] += n
+            _bump(table, key, c, n)
 
     def _prune(self) -> None:
         """Drop the weakest (query, item) pairs (fewest decayed impressions) down to 80 %."""
