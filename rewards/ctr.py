@@ -20,7 +20,7 @@ Decay without touching every entry: observations are stored scaled by w(t_obs) =
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,13 +50,54 @@ def posterior_ctr(
     return min(max(p_qi, prior.clip_eps), 1.0 - prior.clip_eps)
 
 
-def _bump(table: dict[str, list[float]], key: str, clicks: float, impressions: float) -> None:
-    counts = table.get(key)
-    if counts is None:
-        table[key] = [clicks, impressions]
-    else:
-        counts[0] += clicks
-        counts[1] += impressions
+class _Counts:
+    """Decayed [clicks, impressions] per key: numpy columns, and a dict from key to row."""
+
+    def __init__(self) -> None:
+        self.index: dict[str, int] = {}
+        self.c = np.zeros(1024)
+        self.n = np.zeros(1024)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def get(self, key: str) -> tuple[float, float]:
+        row = self.index.get(key)
+        return (0.0, 0.0) if row is None else (float(self.c[row]), float(self.n[row]))
+
+    def rows(self, keys: Sequence[str]) -> np.ndarray:
+        """Row of each key, adding new keys with zero counts."""
+        index = self.index
+        rows = [index.get(k, -1) for k in keys]
+        if -1 in rows:
+            for i, key in enumerate(keys):
+                if rows[i] < 0:
+                    rows[i] = index[key] = len(index)
+            if len(index) > len(self.c):
+                size = max(len(index), 2 * len(self.c))
+                self.c = np.concatenate([self.c, np.zeros(size - len(self.c))])
+                self.n = np.concatenate([self.n, np.zeros(size - len(self.n))])
+        return np.asarray(rows, dtype=np.int64)
+
+    def add(self, key: str, clicks: float, impressions: float) -> None:
+        row = int(self.rows([key])[0])
+        self.c[row] += clicks
+        self.n[row] += impressions
+
+    def scale(self, factor: float) -> None:
+        self.c *= factor
+        self.n *= factor
+
+    def keep_strongest(self, keep: int) -> None:
+        """Keep the `keep` keys with the most decayed impressions."""
+        live = len(self.index)
+        if live <= keep:
+            return
+        order = np.argsort(-self.n[:live], kind="stable")[:keep]
+        keys = list(self.index)
+        self.index = {keys[r]: i for i, r in enumerate(order.tolist())}
+        self.c = np.concatenate([self.c[order], np.zeros(len(order))])
+        self.n = np.concatenate([self.n[order], np.zeros(len(order))])
 
 
 def _grouped_exclusive_cumsum(codes: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -88,8 +129,8 @@ class CtrTable:
         self._now_ms = 0
         self._scale_now = 1.0
         self._global = [0.0, 0.0]  # [clicks, impressions], scaled
-        self._items: dict[str, list[float]] = {}
-        self._pairs: dict[str, list[float]] = {}  # f"{query}\x1f{item}" -> [c, n]
+        self._items = _Counts()
+        self._pairs = _Counts()  # key f"{query}\x1f{item}"
 
     def __len__(self) -> int:
         return len(self._pairs)
@@ -109,16 +150,11 @@ class CtrTable:
     def _rebase(self, ts_ms: int) -> None:
         assert self._t_ref_ms is not None
         factor = 2.0 ** (-(ts_ms - self._t_ref_ms) / self._half_life_ms())
-        for counts in self._iter_counts():
-            counts[0] *= factor
-            counts[1] *= factor
+        self._global = [self._global[0] * factor, self._global[1] * factor]
+        self._items.scale(factor)
+        self._pairs.scale(factor)
         self._t_ref_ms = ts_ms
         self._scale_now = 2.0 ** ((self._now_ms - ts_ms) / self._half_life_ms())
-
-    def _iter_counts(self) -> Iterable[list[float]]:
-        yield self._global
-        yield from self._items.values()
-        yield from self._pairs.values()
 
     def _advance(self, ts_ms: int) -> None:
         if ts_ms > self._now_ms or self._t_ref_ms is None:
@@ -130,11 +166,10 @@ class CtrTable:
         self._advance(ts_ms)
         inv = 1.0 / self._scale_now
         g = self._global
-        zero = [0.0, 0.0]
         out = []
         for item_id in item_ids:
-            ci = self._items.get(item_id, zero)
-            cqi = self._pairs.get(f"{query}\x1f{item_id}", zero)
+            ci = self._items.get(item_id)
+            cqi = self._pairs.get(f"{query}\x1f{item_id}")
             out.append(
                 posterior_ctr(
                     cqi[0] * inv, cqi[1] * inv, ci[0] * inv, ci[1] * inv, g[0] * inv, g[1] * inv, self.prior
@@ -150,8 +185,8 @@ class CtrTable:
             click = w if was_clicked else 0.0
             self._global[0] += click
             self._global[1] += w
-            _bump(self._items, item_id, click, w)
-            _bump(self._pairs, f"{query}\x1f{item_id}", click, w)
+            self._items.add(item_id, click, w)
+            self._pairs.add(f"{query}\x1f{item_id}", click, w)
         if len(self._pairs) > self.max_entries:
             self._prune()
 
@@ -196,8 +231,8 @@ class CtrTable:
         pair_keys = pc.binary_join_element_wise(
             pa.array(np.repeat(np.asarray(queries, dtype=object), lens), pa.string()), ids, "\x1f"
         )
-        i_c, i_n, i_codes, i_uniq = self._group_before(self._items, ids, dc, w)
-        q_c, q_n, q_codes, q_uniq = self._group_before(self._pairs, pair_keys, dc, w)
+        i_c, i_n, i_codes, i_rows = self._group_before(self._items, ids, dc, w)
+        q_c, q_n, q_codes, q_rows = self._group_before(self._pairs, pair_keys, dc, w)
 
         pr = self.prior
         p_g = (g_c * inv + pr.global_strength * pr.prior_ctr) / (g_n * inv + pr.global_strength)
@@ -207,8 +242,8 @@ class CtrTable:
 
         self._global[0] += float(gc_r.sum())
         self._global[1] += float(gn_r.sum())
-        self._add_back(self._items, i_uniq, i_codes, dc, w)
-        self._add_back(self._pairs, q_uniq, q_codes, dc, w)
+        self._add_back(self._items, i_rows, i_codes, dc, w)
+        self._add_back(self._pairs, q_rows, q_codes, dc, w)
         self._now_ms = int(now[-1])
         self._scale_now = float(2.0 ** ((self._now_ms - self._t_ref_ms) / hl))
         if len(self._pairs) > self.max_entries:
@@ -217,29 +252,21 @@ class CtrTable:
 
     @staticmethod
     def _group_before(
-        table: dict[str, list[float]], keys: pa.Array, dc: np.ndarray, w: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+        table: _Counts, keys: pa.Array, dc: np.ndarray, w: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Counts of each entry's key before it: the table's plus earlier entries of the batch."""
         enc = keys.dictionary_encode()
         codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-        uniq = enc.dictionary.to_pylist()
-        zero = (0.0, 0.0)
-        base = np.array([table.get(k, zero) for k in uniq], dtype=np.float64).reshape(-1, 2)
-        c = base[codes, 0] + _grouped_exclusive_cumsum(codes, dc)
-        n = base[codes, 1] + _grouped_exclusive_cumsum(codes, w)
-        return c, n, codes, uniq
+        rows = table.rows(enc.dictionary.to_pylist())  # one row per distinct key of the batch
+        c = table.c[rows][codes] + _grouped_exclusive_cumsum(codes, dc)
+        n = table.n[rows][codes] + _grouped_exclusive_cumsum(codes, w)
+        return c, n, codes, rows
 
     @staticmethod
-    def _add_back(
-        table: dict[str, list[float]], uniq: list[str], codes: np.ndarray, dc: np.ndarray, w: np.ndarray
-    ) -> None:
-        add_c = np.bincount(codes, weights=dc, minlength=len(uniq)).tolist()
-        add_n = np.bincount(codes, weights=w, minlength=len(uniq)).tolist()
-        for key, c, n in zip(uniq, add_c, add_n, strict=True):
-            _bump(table, key, c, n)
+    def _add_back(table: _Counts, rows: np.ndarray, codes: np.ndarray, dc: np.ndarray, w: np.ndarray) -> None:
+        table.c[rows] += np.bincount(codes, weights=dc, minlength=len(rows))
+        table.n[rows] += np.bincount(codes, weights=w, minlength=len(rows))
 
     def _prune(self) -> None:
         """Drop the weakest (query, item) pairs (fewest decayed impressions) down to 80 %."""
-        weights = sorted(c[1] for c in self._pairs.values())
-        cut = weights[len(weights) - int(self.max_entries * 0.8)]
-        self._pairs = {k: c for k, c in self._pairs.items() if c[1] >= cut}
+        self._pairs.keep_strongest(int(self.max_entries * 0.8))

@@ -97,8 +97,13 @@ class Enricher:
 
     def history(self, user_id: str, before_ms: int) -> list[str]:
         """Clicked item_ids of the user's earlier finalised requests, newest first."""
+        entries = self._history.get(user_id)
+        if not entries:
+            return []
+        if entries[0][0] < before_ms:  # newest first: all are earlier (the usual case)
+            return [item for _, item in entries[: self.history_len]]
         out: list[str] = []
-        for ts, item in self._history.get(user_id, ()):
+        for ts, item in entries:
             if ts < before_ms:
                 out.append(item)
                 if len(out) == self.history_len:
