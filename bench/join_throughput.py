@@ -3,12 +3,13 @@ decode only, (b) by the joiner end to end into durable reward records (acknowled
 offsets committed), in one run on one local broker. Prints both rates and their ratio (target ≥ 0.8),
 and the join state's bytes per open request.
 
-    .venv/bin/python bench/join_throughput.py [--events 200000]
+    .venv/bin/python bench/join_throughput.py [--events 200000] [--repeat 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 import tracemalloc
@@ -42,9 +43,9 @@ def produce(cfg: StreamrlConfig, n_events: int) -> int:
     return n
 
 
-def raw_consume(cfg: StreamrlConfig, n: int) -> float:
+def raw_consume(cfg: StreamrlConfig, n: int, group: str) -> float:
     t = cfg.kafka.topics
-    consumer = kafka_io.make_consumer(cfg.kafka, "bench-raw", max_poll_records=2000)
+    consumer = kafka_io.make_consumer(cfg.kafka, group, max_poll_records=2000)
     consumer.subscribe([t.impressions, t.clicks, t.orders])
     got, start = 0, None
     while got < n:
@@ -112,6 +113,7 @@ def bytes_per_open_request(cfg: StreamrlConfig, n: int = 20_000) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=200_000)
+    ap.add_argument("--repeat", type=int, default=2, help="runs of (a) and (b), alternated")
     args = ap.parse_args()
     with LocalBroker() as broker:
         base = [
@@ -122,14 +124,27 @@ def main() -> None:
         ]
         cfg = load_config(overrides=base)
         t = cfg.kafka.topics
-        kafka_io.ensure_topics(cfg.kafka, [t.impressions, t.clicks, t.orders, t.items, t.rewards, t.dlq])
+        kafka_io.ensure_topics(cfg.kafka, [t.impressions, t.clicks, t.orders, t.items])
         t0 = time.perf_counter()
         n = produce(cfg, args.events)
         print(f"produced {n} events in {time.perf_counter() - t0:.1f} s")
-        raw = raw_consume(cfg, n)
-        print(f"(a) raw group consumer + orjson decode : {raw:10.0f} events/s")
-        joined, records = join_consume(cfg, n)
-        print(f"(b) joiner → durable reward records   : {joined:10.0f} events/s ({records} records)")
+        raws, joins = [], []
+        for i in range(args.repeat):  # alternate (a) and (b) so both see the same machine state
+            raws.append(raw_consume(cfg.model_copy(deep=True), n, group=f"bench-raw-{i}"))
+            print(f"(a) raw group consumer + orjson decode : {raws[-1]:10.0f} events/s")
+            joined_cfg = load_config(
+                overrides=[
+                    *base,
+                    f"kafka.join_group=bench-join-{i}",
+                    f"kafka.topics.rewards=bench.rewards.{i}",
+                    f"kafka.topics.dlq=bench.dlq.{i}",
+                ]
+            )
+            rate, records = join_consume(joined_cfg, n)
+            joins.append(rate)
+            print(f"(b) joiner → durable reward records   : {rate:10.0f} events/s ({records} records)")
+        raw, joined = statistics.median(raws), statistics.median(joins)
+        print(f"median (a) {raw:.0f}/s, median (b) {joined:.0f}/s over {args.repeat} runs each")
         print(f"ratio (b)/(a) = {joined / raw:.2f}   (target ≥ 0.8)")
     per = bytes_per_open_request(cfg)
     print(f"join state: {per:.0f} bytes per open request (10 impressed items, tracemalloc)")
