@@ -102,7 +102,7 @@ class JoinerConfig(Section):
     max_batch_records: int = Field(500, ge=1)  # ops: reward records per output message
     recovery_lookback_s: float = Field(3600.0, ge=0.0)  # ops: rewards-topic span re-read on start
     poll_timeout_ms: int = Field(200, ge=1)  # ops
-    max_poll_records: int = Field(2000, ge=1)  # ops
+    max_poll_records: int = Field(10_000, ge=1)  # ops: bigger polls cost kafka-python less per event
 
 
 class ArchiveConfig(Section):
