@@ -61,10 +61,9 @@ class _Rebalance(kafka_io.ConsumerRebalanceListener):
 
 
 class Joiner:
-    def __init__(self, cfg: StreamrlConfig, stop: threading.Event | None = None) -> None:
+    def __init__(self, cfg: StreamrlConfig) -> None:
         self.cfg = cfg
         self.topics = cfg.kafka.topics
-        self.stop = stop or threading.Event()
         self.enricher = Enricher(cfg.join)
         self.shards: dict[int, JoinState] = {}
         self.finalized_by_part: dict[int, dict[str, Finalized]] = {}
@@ -135,15 +134,6 @@ class Joiner:
         return shard
 
     # -- loop ---------------------------------------------------------------------------------
-    def run(self) -> int:
-        self.setup()
-        try:
-            while not self.stop.is_set():
-                self.step()
-        finally:
-            self.shutdown()
-        return 0
-
     def step(self) -> None:
         batch = self.consumer.poll(timeout_ms=self.cfg.joiner.poll_timeout_ms)
         now = _now_ms()
@@ -248,7 +238,7 @@ def run_joiner(cfg: StreamrlConfig, stop: threading.Event, archive: bool = True)
     """`streamrl join`: the joiner loop, with the archiver as a second step of the same loop."""
     from stream.archive import Archiver
 
-    joiner = Joiner(cfg, stop)
+    joiner = Joiner(cfg)
     archiver = Archiver(cfg.kafka, cfg.archive) if archive else None
     try:
         joiner.setup()
