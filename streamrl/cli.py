@@ -197,6 +197,57 @@ def synth(
 
 
 @app.command()
+def simulate(
+    world: Annotated[Path, typer.Option("--world", help="World file (configs/world.yaml).")],
+    out: Annotated[Path | None, typer.Option("--out", help="Write events as JSON lines.")] = None,
+    kafka: Annotated[bool, typer.Option("--kafka", help="Produce to the configured topics.")] = False,
+    seed: Annotated[int | None, typer.Option(help="World and traffic seed (default: the file's).")] = None,
+    requests: Annotated[int | None, typer.Option(help="Requests to simulate.")] = None,
+    duration: Annotated[
+        float | None, typer.Option(help="Seconds (of event time for --out, wall time for --kafka).")
+    ] = None,
+    rate: Annotated[float, typer.Option(help="Events per second produced with --kafka.")] = 2000.0,
+    truth: Annotated[Path | None, typer.Option(help="Write the ground truth here.")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Simulated search traffic with known ground truth: item events, then requests."""
+    from pydantic import ValidationError
+
+    from sim.output import TruthWriter, to_file, to_kafka
+    from sim.simulate import Simulator
+    from sim.world import build_world, load_world_config
+
+    if (out is None) == (not kafka):
+        console.print("[red]give exactly one of --out FILE or --kafka[/red]")
+        raise typer.Exit(2)
+    try:
+        wcfg = load_world_config(world, seed)
+    except (OSError, ValidationError, ValueError) as exc:
+        console.print(f"[red]world refused:[/red] {world}: {exc}")
+        raise typer.Exit(2) from None
+    w = build_world(wcfg)
+    sim = Simulator(w, seed)
+    n_req = requests or int((duration or 60.0) * wcfg.behaviour.requests_per_s)
+    if kafka and duration is not None and requests is None:
+        n_req = 10**9  # bounded by the wall-clock duration instead
+    writer = TruthWriter(w, truth) if truth else None
+    if out is not None:
+        n = to_file(sim, n_req, out, writer)
+        console.print(f"wrote {n} events ({len(w.items)} items, {n_req} requests) to {out}")
+        return
+    from stream import kafka_io
+
+    cfg = _config(config, set_)
+    t = cfg.kafka.topics
+    kafka_io.ensure_topics(cfg.kafka, [t.impressions, t.clicks, t.orders, t.items])
+    producer = kafka_io.make_producer(cfg.kafka, linger_ms=20)
+    n, achieved = to_kafka(sim, n_req, producer, t, rate, duration, writer)
+    producer.close()
+    console.print(f"produced {n} events at {achieved:.0f} events/s (asked {rate:.0f})")
+
+
+@app.command()
 def demo(
     duration: Annotated[float, typer.Option(help="Seconds of streaming before stopping.")] = 60.0,
     requests_per_s: Annotated[float, typer.Option("--rate")] = 200.0,

@@ -1,0 +1,1 @@
+"""A simulated search world with known ground truth, and importers for real log layouts."""
