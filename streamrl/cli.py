@@ -247,6 +247,26 @@ def simulate(
     console.print(f"produced {n} events at {achieved:.0f} events/s (asked {rate:.0f})")
 
 
+import_app = typer.Typer(no_args_is_help=True, help="Convert real log layouts into contract events.")
+app.add_typer(import_app, name="import")
+
+
+@import_app.command("kuaisearch")
+def import_kuaisearch(
+    folder: Annotated[Path, typer.Argument(help="Folder with recall.jsonl, items.jsonl, ...")],
+    out: Annotated[Path, typer.Option("--out", help="Events as JSON lines.")],
+    time_index_s: Annotated[float, typer.Option(help="Seconds per time_index unit.")] = 60.0,
+) -> None:
+    """The KuaiSearch layout (OneSearch authors' dataset) → events for `streamrl replay`."""
+    from sim.kuaisearch import import_kuaisearch as run_import
+
+    if not folder.is_dir():
+        console.print(f"[red]{folder} is not a folder[/red]")
+        raise typer.Exit(1)
+    counts = run_import(folder, out, time_index_s)
+    console.print(_counts_table(f"kuaisearch → {out}", dict(counts)))
+
+
 @app.command()
 def demo(
     duration: Annotated[float, typer.Option(help="Seconds of streaming before stopping.")] = 60.0,
