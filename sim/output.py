@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -110,10 +110,16 @@ def _jsonl(path: Path, rows: Iterator[dict[str, Any]]) -> None:
             fh.write(orjson.dumps(row) + b"\n")
 
 
-def to_file(sim: Simulator, requests: int, out: Path, truth: TruthWriter | None) -> int:
+def to_file(
+    sim: Simulator,
+    requests: int,
+    out: Path,
+    truth: TruthWriter | None,
+    on_request: Callable[[Request], None] | None = None,
+) -> int:
     n = 0
     with open(out, "wb") as fh:
-        for _, raw in sim.events(requests, truth.on_request if truth else None):
+        for _, raw in sim.events(requests, on_request or (truth.on_request if truth else None)):
             fh.write(raw + b"\n")
             n += 1
     if truth:
@@ -129,6 +135,7 @@ def to_kafka(
     rate: float,
     duration_s: float | None,
     truth: TruthWriter | None,
+    on_request: Callable[[Request], None] | None = None,
 ) -> tuple[int, float]:
     """Produce at `rate` events/s of wall time (paced in batches); returns (events, achieved rate)."""
     from stream.kafka_io import produce_events
@@ -137,7 +144,7 @@ def to_kafka(
     n = 0
     batch: list[bytes] = []
     step = max(1, int(rate / 50))  # ~50 batches a second
-    for _, raw in sim.events(requests, truth.on_request if truth else None):
+    for _, raw in sim.events(requests, on_request or (truth.on_request if truth else None)):
         batch.append(raw)
         if len(batch) >= step:
             n += produce_events(producer, topics, batch)

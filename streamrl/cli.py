@@ -208,14 +208,19 @@ def simulate(
     ] = None,
     rate: Annotated[float, typer.Option(help="Events per second produced with --kafka.")] = 2000.0,
     truth: Annotated[Path | None, typer.Option(help="Write the ground truth here.")] = None,
+    serving_url: Annotated[
+        str | None, typer.Option(help="Closed loop: POST /search URL of the served model.")
+    ] = None,
+    loop_stats: Annotated[Path | None, typer.Option(help="Closed loop: CTR per minute, JSON lines.")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
     """Simulated search traffic with known ground truth: item events, then requests."""
     from pydantic import ValidationError
 
+    from sim.closed_loop import HttpRanker, LoopStats
     from sim.output import TruthWriter, to_file, to_kafka
-    from sim.simulate import Simulator
+    from sim.simulate import Request, Simulator
     from sim.world import build_world, load_world_config
 
     if (out is None) == (not kafka):
@@ -227,14 +232,28 @@ def simulate(
         console.print(f"[red]world refused:[/red] {world}: {exc}")
         raise typer.Exit(2) from None
     w = build_world(wcfg)
-    sim = Simulator(w, seed)
+    ranker = HttpRanker(serving_url) if serving_url else None
+    sim = Simulator(w, seed, ranker=ranker)
+    stats = LoopStats(ranker)
     n_req = requests or int((duration or 60.0) * wcfg.behaviour.requests_per_s)
     if kafka and duration is not None and requests is None:
         n_req = 10**9  # bounded by the wall-clock duration instead
     writer = TruthWriter(w, truth) if truth else None
+
+    def on_request(req: Request) -> None:
+        stats.on_request(req)
+        if writer:
+            writer.on_request(req)
+
+    def report() -> None:
+        if loop_stats:
+            loop_stats.write_text("".join(json.dumps(r) + "\n" for r in stats.rows()))
+        print(json.dumps(stats.totals()), flush=True)  # machine-readable, on stdout
+
     if out is not None:
-        n = to_file(sim, n_req, out, writer)
+        n = to_file(sim, n_req, out, writer, on_request)
         console.print(f"wrote {n} events ({len(w.items)} items, {n_req} requests) to {out}")
+        report()
         return
     from stream import kafka_io
 
@@ -242,9 +261,10 @@ def simulate(
     t = cfg.kafka.topics
     kafka_io.ensure_topics(cfg.kafka, [t.impressions, t.clicks, t.orders, t.items])
     producer = kafka_io.make_producer(cfg.kafka, linger_ms=20)
-    n, achieved = to_kafka(sim, n_req, producer, t, rate, duration, writer)
+    n, achieved = to_kafka(sim, n_req, producer, t, rate, duration, writer, on_request)
     producer.close()
     console.print(f"produced {n} events at {achieved:.0f} events/s (asked {rate:.0f})")
+    report()
 
 
 import_app = typer.Typer(no_args_is_help=True, help="Convert real log layouts into contract events.")

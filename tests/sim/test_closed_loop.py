@@ -1,0 +1,125 @@
+"""Closed loop over real HTTP: a stand-in for the reference server (the serving issue builds the
+real one) answers POST /search; until it serves, the logging ranker shows the items."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import orjson
+import pytest
+
+from sim.simulate import Simulator
+from sim.world import build_world, load_world_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class _Server:
+    """Answers 503 for the first `cold` requests (no model served yet), then the items a perfect
+    model would return: tier-3 items of the query, from the world's truth."""
+
+    def __init__(self, best: dict[str, list[str]], cold: int) -> None:
+        self.best, self.cold, self.seen = best, cold, 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+                outer.seen += 1
+                if outer.seen <= outer.cold:
+                    self.send_response(503)
+                    self.end_headers()
+                    return
+                items = [
+                    {"item_id": i, "sid": [], "score": 1.0}
+                    for i in outer.best.get(body["query"], [])[: body["k"]]
+                ]
+                data = json.dumps({"version": 3, "items": items}).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/search"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def world_and_best():
+    world = build_world(load_world_config(ROOT / "configs/world.yaml"))
+    best = {q.text: [it.item_id for it in world.items if world.tier(q, it) == 3] for q in world.queries}
+    return world, best
+
+
+def test_served_model_ctr_is_measured_after_fallback(tmp_path: Path, world_and_best) -> None:
+    _, best = world_and_best
+    server = _Server(best, cold=300)
+    stats = tmp_path / "loop.jsonl"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "streamrl",
+            "simulate",
+            "--world",
+            str(ROOT / "configs/world.yaml"),
+            "--out",
+            str(tmp_path / "e.jsonl"),
+            "--requests",
+            "900",
+            "--serving-url",
+            server.url,
+            "--loop-stats",
+            str(stats),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    server.httpd.shutdown()
+    assert proc.returncode == 0, proc.stderr
+    totals = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert totals["logging ranker"]["requests"] >= 280  # before a model was served
+    assert totals["served v3"]["requests"] > 400
+    # the perfect model shows exact items, so its CTR beats the noisy logging ranker's
+    assert totals["served v3"]["ctr"] > totals["logging ranker"]["ctr"] * 1.3
+    rows = [json.loads(x) for x in stats.read_text().splitlines()]
+    assert {r["ranker"] for r in rows} == {"logging ranker", "served v3"}
+
+
+def test_unreachable_endpoint_falls_back(world_and_best) -> None:
+    from sim.closed_loop import HttpRanker
+
+    world, _ = world_and_best
+    ranker = HttpRanker("http://127.0.0.1:9/search", timeout_s=0.5)
+    sim = Simulator(world, 1, ranker=ranker)
+    reqs = [sim.request(i, 1_767_225_600_000 + i) for i in range(5)]
+    assert not any(r.served for r in reqs) and all(len(r.shown) == 10 for r in reqs)
+    assert ranker.errors == 5
+
+
+def test_impressions_in_the_loop_are_valid_events(tmp_path: Path, world_and_best) -> None:
+    from stream.events import decode_event
+
+    world, best = world_and_best
+    server = _Server(best, cold=0)
+    from sim.closed_loop import HttpRanker
+
+    sim = Simulator(world, 2, ranker=HttpRanker(server.url))
+    lines = [raw for _, raw in sim.events(50)]
+    server.httpd.shutdown()
+    for raw in lines:
+        decode_event(raw)
+    imps = [orjson.loads(x) for x in lines if b'"impression"' in x]
+    served = [i for i in imps if all(it["rel_tier"] == 3 for it in i["items"])]
+    assert len(served) > len(imps) // 2
