@@ -149,9 +149,10 @@ def _session_events(
     session = str(obj["session_id"])
     rid = f"ks-{session}" if repeated[session] == 1 else f"ks-{session}-{lineno}"
     user, query = str(obj["user_id"]), str(obj["query"])
-    time_index = obj["time_index"]
-    if type(time_index) is not int:
-        raise ValueError("time_index is not an integer")
+    try:  # an integer, or an integer written as a float or a string
+        time_index = int(float(obj["time_index"]))
+    except (TypeError, ValueError):
+        raise ValueError(f"time_index {obj['time_index']!r} is not a number") from None
     ts = BASE_MS + int(time_index * time_index_s * 1000)
     shown = list(dict.fromkeys(_ids(obj, "impressed_item_ids")))
     clicked, bought = _ids(obj, "clicked_item_ids"), _ids(obj, "purchased_item_ids")

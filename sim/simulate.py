@@ -4,6 +4,9 @@ clicks. Events come out in the contract's JSON, in arrival order, deterministic 
 
 Click model (after the ESCI-derived model of OpenSearch's event generator):
     P(click) = examination(pos) * click_by_tier[tier] * (1 + preference_boost * favoured)
+               * (1 + preference_boost / 2 * liked)
+    favoured: the item is in one of the user's preferred top categories; liked: it has the user's
+    preferred brand or colour.
     examination(pos) = ln(6.7) / ln(4 * pos + 2.7)          (1 at position 1, decaying)
 Click delays are log-uniform in `click_delay_s`. Order delays after the click are drawn from the real
 click → order gaps of the OTTO sample sessions (../shared/data/otto, CC BY 4.0: 64, 257, 462, 526
@@ -29,6 +32,11 @@ START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z: event time starts here unl
 # A ranker maps (user, query, history item_ids, k) to item_ids in display order, or None to decline
 # (the closed loop's serving endpoint declines until a model is served).
 Ranker = Callable[[User, Query, list[str], int], list[str] | None]
+
+
+def _draw(cdf: np.ndarray, u: float) -> int:
+    """Index drawn with probabilities given by a cumulative (unnormalised) weight array."""
+    return min(int(np.searchsorted(cdf, u * cdf[-1], side="right")), len(cdf) - 1)
 
 
 def examination(pos: int) -> float:
@@ -58,7 +66,7 @@ class Simulator:
         self.rng = np.random.default_rng([world.cfg.seed, seed if seed is not None else 0])
         self.start_ms = start_ms
         self.ranker = ranker
-        self._pools: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._pools: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self._user_w = np.array([u.weight for u in world.users])
         self._user_w /= self._user_w.sum()
         self._query_w = np.array([q.weight for q in world.queries])
@@ -67,10 +75,14 @@ class Simulator:
         for i, q in enumerate(world.queries):
             self._by_top_queries.setdefault(q.category[0], []).append(i)
         self._index = {it.item_id: i for i, it in enumerate(world.items)}
+        self._user_cdf = np.cumsum(self._user_w)
+        self._query_cdf = np.cumsum(self._query_w)
+        self._favoured_cdf: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._history: dict[str, list[str]] = {}
 
-    def _pool(self, qi: int) -> tuple[np.ndarray, np.ndarray]:
-        """Candidate items of a query (its top category, plus a few others) and their tiers."""
+    def _pool(self, qi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Candidate items of a query (its top category, plus a few others), their tiers and
+        log-popularity."""
         if qi not in self._pools:
             q = self.world.queries[qi]
             idx = self.world.pools.get(q.text) or list(self.world.by_top.get(q.category[0], []))
@@ -79,27 +91,27 @@ class Simulator:
             )
             pool = np.array(sorted(set(idx) | set(extra.tolist())))
             tiers = np.array([self.world.tier(q, self.world.items[i]) for i in pool])
-            self._pools[qi] = (pool, tiers)
+            log_pop = np.log(np.array([self.world.items[i].popularity for i in pool]) * len(self.world.items))
+            self._pools[qi] = (pool, tiers, log_pop)
         return self._pools[qi]
 
     def _choose(self) -> tuple[User, int]:
         w = self.world
-        user = w.users[int(self.rng.choice(len(w.users), p=self._user_w))]
-        favoured = [i for t in user.favoured for i in self._by_top_queries.get(t, [])]
-        if favoured and self.rng.random() < w.cfg.users.preference_strength:
-            p = self._query_w[favoured] / self._query_w[favoured].sum()
-            return user, int(self.rng.choice(favoured, p=p))
-        return user, int(self.rng.choice(len(w.queries), p=self._query_w))
+        user = w.users[_draw(self._user_cdf, self.rng.random())]
+        if user.user_id not in self._favoured_cdf:
+            favoured = np.array(
+                [i for t in user.favoured for i in self._by_top_queries.get(t, [])], dtype=np.int64
+            )
+            self._favoured_cdf[user.user_id] = (favoured, np.cumsum(self._query_w[favoured]))
+        favoured, cdf = self._favoured_cdf[user.user_id]
+        if len(favoured) and self.rng.random() < w.cfg.users.preference_strength:
+            return user, int(favoured[_draw(cdf, self.rng.random())])
+        return user, _draw(self._query_cdf, self.rng.random())
 
     def logging_ranker(self, qi: int, k: int) -> list[int]:
-        pool, tiers = self._pool(qi)
-        pop = np.array([self.world.items[i].popularity for i in pool])
+        pool, tiers, log_pop = self._pool(qi)
         r = self.b.ranker
-        score = (
-            r.relevance * tiers
-            + r.popularity * np.log(pop * len(self.world.items))
-            + r.noise * self.rng.standard_normal(len(pool))
-        )
+        score = r.relevance * tiers + r.popularity * log_pop + r.noise * self.rng.standard_normal(len(pool))
         return [int(pool[j]) for j in np.argsort(-score, kind="stable")[:k]]
 
     def request(self, i: int, ts_ms: int) -> Request:
@@ -123,6 +135,8 @@ class Simulator:
             p = examination(pos) * self.b.click_by_tier[tier]
             if it.category[0] in user.favoured:
                 p *= 1 + self.b.preference_boost
+            if any(it.attrs.get(a) == v for a, v in user.liked.items()):
+                p *= 1 + self.b.preference_boost / 2
             if self.rng.random() < min(p, 1.0):
                 c_ts = ts_ms + int(1000 * math.exp(self.rng.uniform(math.log(lo), math.log(hi))))
                 clicks.append((it, c_ts))
@@ -179,8 +193,9 @@ class Simulator:
                 for _ in range(copies):
                     seq += 1
                     heapq.heappush(pending, (arrival, seq, raw))
-            horizon = int(ts) - 3_600_000  # orders come at most ~11 min after their impression
-            while pending and pending[0][0] < horizon:
+            # Everything still to come arrives at or after its own ts >= this request's ts, so what
+            # is due by now can go out: the stream flows in arrival order without buffering it all.
+            while pending and pending[0][0] <= int(ts):
                 arrival, _, raw = heapq.heappop(pending)
                 yield arrival, raw
         while pending:

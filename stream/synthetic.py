@@ -131,7 +131,6 @@ def generate(spec: SynthSpec) -> Iterator[tuple[int, bytes]]:
     seq = 0
     import heapq
 
-    horizon_ms = 3 * spec.window_ms + spec.disorder_ms + 60_000
     for i in range(spec.requests):
         now = spec.start_ms + int(i * 1000 / spec.rate_per_s)
         for ev in _request_events(spec, rng, i):
@@ -151,7 +150,7 @@ def generate(spec: SynthSpec) -> Iterator[tuple[int, bytes]]:
                 ]
             )
             heapq.heappush(pending, (now, seq, bad))
-        while pending and pending[0][0] < now - horizon_ms:
+        while pending and pending[0][0] <= now:  # all that is still to come arrives after now
             arrival, _, raw = heapq.heappop(pending)
             yield arrival, raw
     while pending:
