@@ -1,0 +1,62 @@
+"""Semantic IDs: k-means sanity, residual levels, uniqueness, incremental assignment, Unicode."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rl.encoders import HashEncoder
+from rl.sid import SidCodebook, kmeans
+
+
+def test_kmeans_separates_obvious_clusters() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.normal(0, 0.1, size=(50, 2)) + np.array([5, 5])
+    b = rng.normal(0, 0.1, size=(50, 2)) - np.array([5, 5])
+    _, labels = kmeans(np.vstack([a, b]), 2, seed=1)
+    assert len(set(labels[:50])) == 1 and len(set(labels[50:])) == 1 and labels[0] != labels[-1]
+    centroids, labels = kmeans(np.vstack([a, b])[:3], 8, seed=1)  # k capped at N
+    assert len(centroids) == 3
+
+
+def test_every_item_gets_a_distinct_sid_of_length_five() -> None:
+    enc = HashEncoder(64)
+    titles = [
+        f"{c} {m} shirt size {s}"
+        for c in ("red", "blue", "green")
+        for m in ("wool", "silk")
+        for s in range(40)
+    ]  # many near-duplicates share a residual prefix
+    ids = [f"it{i}" for i in range(len(titles))]
+    book = SidCodebook(levels=(8, 4, 4), unique=(2, 16)).build(ids, enc.encode(titles), seed=3)
+    stats = book.stats()
+    assert book.length == 5 and all(len(s) == 5 for s in book.sids.values())
+    assert stats["distinct_sids"] == stats["items"] == len(ids) and stats["colliding_items"] == 0
+    assert all(0 <= s[0] < 8 and 0 <= s[1] < 4 and 0 <= s[3] < 16 for s in book.sids.values())
+
+
+def test_similar_titles_share_coarse_codes() -> None:
+    enc = HashEncoder(128)
+    titles = ["wool knit sweater"] * 5 + ["stainless steel kitchen knife"] * 5
+    ids = [f"i{i}" for i in range(10)]
+    book = SidCodebook(levels=(2, 2, 2), unique=(2, 16)).build(ids, enc.encode(titles), seed=0)
+    first = [book.sids[i][0] for i in ids]
+    assert len(set(first[:5])) == 1 and len(set(first[5:])) == 1 and first[0] != first[5]
+
+
+def test_new_items_are_assigned_without_rebuilding() -> None:
+    enc = HashEncoder(64)
+    titles = [f"product {i} in colour {i % 7}" for i in range(60)]
+    ids = [f"p{i}" for i in range(60)]
+    book = SidCodebook(levels=(4, 4, 4), unique=(2, 8)).build(ids, enc.encode(titles), seed=0)
+    before = dict(book.sids)
+    new = book.assign("p-new", enc.encode(["product 3 in colour 3"])[0])
+    assert book.sids == {**before, "p-new": new}
+    assert new[:3] == before["p3"][:3] and new != before["p3"]  # same prefix, fresh unique digits
+    assert book.assign("p3", enc.encode(["anything"])[0]) == before["p3"]
+
+
+def test_hash_encoder_handles_any_unicode_deterministically() -> None:
+    enc = HashEncoder(32)
+    a = enc.encode(["红色 连衣裙 夏季", "knitwear, no turtleneck", ""])
+    b = enc.encode(["红色 连衣裙 夏季", "knitwear, no turtleneck", ""])
+    assert np.array_equal(a, b) and np.isclose(np.linalg.norm(a[0]), 1.0) and not a[2].any()
