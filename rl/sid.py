@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -118,3 +119,78 @@ class SidCodebook:
         for item_id, sid in self.sids.items():
             out[sid].append(item_id)
         return out
+
+
+# -- files ------------------------------------------------------------------------------------------
+CODEBOOK_FILE = "sid_codebook.parquet"
+CENTROIDS_FILE = "sid_centroids.safetensors"
+META_FILE = "sid_meta.json"
+
+
+@dataclass(frozen=True)
+class CatalogItem:
+    item_id: str
+    title: str
+    category: tuple[str, ...]
+    merchant_id: str
+    attrs: dict[str, str]
+
+    def text(self) -> str:
+        """What the encoder reads: title, category path, attributes."""
+        attrs = " ".join(f"{k} {v}" for k, v in sorted(self.attrs.items()))
+        return " | ".join(x for x in (self.title, " > ".join(self.category), attrs) if x)
+
+
+def save_codebook(book: SidCodebook, items: dict[str, CatalogItem], out: Path, encoder: str) -> None:
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from safetensors.numpy import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    ids = sorted(book.sids)
+    empty = CatalogItem("", "", (), "", {})
+    table = pa.table(
+        {
+            "item_id": pa.array(ids, pa.string()),
+            "sid": pa.array([list(book.sids[i]) for i in ids], pa.list_(pa.int32())),
+            "merchant_id": pa.array([items.get(i, empty).merchant_id for i in ids], pa.string()),
+            "category": pa.array([list(items.get(i, empty).category) for i in ids], pa.list_(pa.string())),
+        }
+    )
+    pq.write_table(table, out / CODEBOOK_FILE)
+    save_file(
+        {f"level_{i}": c.astype(np.float32) for i, c in enumerate(book.centroids)}, str(out / CENTROIDS_FILE)
+    )
+    (out / META_FILE).write_text(
+        json.dumps(
+            {
+                "levels": list(book.levels),
+                "unique": list(book.unique),
+                "encoder": encoder,
+                "length": book.length,
+            },
+            indent=2,
+        )
+    )
+
+
+def load_codebook(folder: Path) -> tuple[SidCodebook, dict[str, Any]]:
+    import json
+
+    import pyarrow.parquet as pq
+    from safetensors.numpy import load_file
+
+    meta = json.loads((folder / META_FILE).read_text())
+    book = SidCodebook(tuple(meta["levels"]), (meta["unique"][0], meta["unique"][1]))
+    tensors = load_file(str(folder / CENTROIDS_FILE))
+    book.centroids = [tensors[f"level_{i}"].astype(np.float64) for i in range(len(book.levels))]
+    n_levels, size = book.unique
+    for row in pq.read_table(folder / CODEBOOK_FILE).to_pylist():
+        sid = tuple(row["sid"])
+        book.sids[row["item_id"]] = sid
+        prefix, digits = sid[: len(book.levels)], sid[len(book.levels) :]
+        number = sum(d * size ** (n_levels - 1 - p) for p, d in enumerate(digits))
+        book._next_unique[prefix] = max(book._next_unique.get(prefix, 0), number + 1)
+    return book, meta

@@ -287,6 +287,42 @@ def import_kuaisearch(
     console.print(_counts_table(f"kuaisearch → {out}", dict(counts)))
 
 
+sids_app = typer.Typer(no_args_is_help=True, help="Semantic IDs of the catalog.")
+app.add_typer(sids_app, name="sids")
+
+
+@sids_app.command("build")
+def sids_build(
+    out: Annotated[Path, typer.Option("--out", help="Folder for sid_codebook.parquet and centroids.")],
+    items: Annotated[Path | None, typer.Option(help="Item events, JSON lines.")] = None,
+    world_truth: Annotated[Path | None, typer.Option(help="A `simulate --truth` folder.")] = None,
+    encoder: Annotated[str, typer.Option(help="minilm | hash | a local model folder.")] = "minilm",
+    levels: Annotated[str, typer.Option(help="Residual k-means sizes, coarse to fine.")] = "256,256,256",
+    unique: Annotated[str, typer.Option(help="Unique levels x size.")] = "2x16",
+    seed: int = 0,
+) -> None:
+    """Embed item text, quantise it into hierarchical semantic IDs, write the codebook."""
+    from rl.catalog import read_catalog
+    from rl.encoders import load_encoder
+    from rl.sid import SidCodebook, save_codebook
+
+    if (items is None) == (world_truth is None):
+        console.print("[red]give exactly one of --items FILE or --world-truth DIR[/red]")
+        raise typer.Exit(2)
+    try:
+        sizes = tuple(int(x) for x in levels.split(","))
+        n_unique, size = (int(x) for x in unique.lower().split("x"))
+        enc = load_encoder(encoder)
+        catalog = read_catalog(items, world_truth)
+    except (ValueError, OSError) as exc:
+        console.print(f"[red]refused:[/red] {exc}")
+        raise typer.Exit(2) from None
+    ids = sorted(catalog)
+    book = SidCodebook(sizes, (n_unique, size)).build(ids, enc.encode([catalog[i].text() for i in ids]), seed)
+    save_codebook(book, catalog, out, enc.name)
+    print(json.dumps(book.stats()))
+
+
 @app.command()
 def demo(
     duration: Annotated[float, typer.Option(help="Seconds of streaming before stopping.")] = 60.0,

@@ -60,3 +60,61 @@ def test_hash_encoder_handles_any_unicode_deterministically() -> None:
     a = enc.encode(["红色 连衣裙 夏季", "knitwear, no turtleneck", ""])
     b = enc.encode(["红色 连衣裙 夏季", "knitwear, no turtleneck", ""])
     assert np.array_equal(a, b) and np.isclose(np.linalg.norm(a[0]), 1.0) and not a[2].any()
+
+
+def test_codebook_files_round_trip_and_cli(tmp_path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    import pyarrow.parquet as pq
+
+    from rl.sid import load_codebook
+
+    events = tmp_path / "items.jsonl"
+    rows = [
+        {
+            "type": "item",
+            "item_id": f"i{n}",
+            "ts_ms": 1,
+            "title": f"{c} cotton tee {n}",
+            "category": ["apparel", "tops", "tees"],
+            "merchant_id": f"m{n % 3}",
+            "attrs": {"colour": c},
+        }
+        for n, c in enumerate(["red", "blue", "black"] * 20)
+    ]
+    events.write_text("".join(json.dumps(r) + "\n" for r in rows) + "not an item\n")
+    out = tmp_path / "sids"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "streamrl",
+            "sids",
+            "build",
+            "--items",
+            str(events),
+            "--out",
+            str(out),
+            "--encoder",
+            "hash",
+            "--levels",
+            "4,4,4",
+            "--unique",
+            "2x16",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    stats = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert stats["items"] == stats["distinct_sids"] == 60
+    table = pq.read_table(out / "sid_codebook.parquet").to_pylist()
+    assert {r["merchant_id"] for r in table} == {"m0", "m1", "m2"}
+    assert all(len(r["sid"]) == 5 and r["category"] == ["apparel", "tops", "tees"] for r in table)
+    book, meta = load_codebook(out)
+    assert meta["encoder"] == "hash-256" and book.length == 5
+    new = book.assign("i-new", HashEncoder(256).encode(["red cotton tee 0"])[0])
+    assert new not in {tuple(r["sid"]) for r in table}  # the loaded counters continue, no clash
