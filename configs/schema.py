@@ -113,6 +113,43 @@ class ArchiveConfig(Section):
     roll_s: float = Field(30.0, gt=0.0)  # ops: a part file is closed at least this often
 
 
+class RewardWeightsConfig(Section):
+    click_order: float = Field(1.0, ge=0.0)  # paper Eq.10; released code: 1.0
+    ctr: float = Field(1.0, ge=0.0)  # paper Eq.10; released code: 1.0
+    relevance: float = Field(1.0, ge=0.0)  # paper Eq.10; released code: 1.0
+
+
+class ModelConfig(Section):
+    pretrained_path: str | None = None  # ops: a local HF checkpoint; None = build from the shape below
+    hidden: int = Field(128, ge=8)  # ops: tiny default that trains on a 2-core CPU
+    layers: int = Field(2, ge=1)
+    heads: int = Field(4, ge=1)
+    intermediate: int = Field(256, ge=8)
+
+
+class LearnConfig(Section):
+    """The TPMA-GRPO learner (rl/learner.py states the objective and every deviation)."""
+
+    algo: Literal["tpma", "grpo", "sft"] = "tpma"  # paper §3.4; sft = the baseline
+    batch_prompts: int = Field(16, ge=1)  # B
+    group_size: int = Field(8, ge=1)  # G rollouts per prompt (paper: GRPO group)
+    temperature: float = Field(1.0, gt=0.0)  # sampling temperature of rollouts
+    constrained: bool = False  # decode only real items (prefix trie); False measures validity
+    prompts: Literal["engaged", "all"] = "engaged"  # seed code: only requests with a click/order
+    lr: float = Field(3e-4, gt=0.0)  # ops: AdamW
+    weight_decay: float = Field(0.0, ge=0.0)
+    grad_clip: float = Field(1.0, gt=0.0)  # ops
+    sft_weight: float = Field(0.1, ge=0.0)  # seed code: CE on the first target SID
+    beta: float = Field(0.0, ge=0.0)  # reference KL weight (seed code: 0)
+    clip_eps: float = Field(0.2, gt=0.0)  # Eq.12, grpo only
+    w_item: float = 1.0  # Eq.17; seed code default 0 (deviation 1)
+    position_weights: tuple[float, ...] = (2.0, 2.0, 1.0, 1.0, 0.0)  # Eq.14, seed code
+    rewards: RewardWeightsConfig = RewardWeightsConfig()
+    model: ModelConfig = ModelConfig()
+    history_len: int = Field(5, ge=0)  # recent items' SIDs in the prompt
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
 class MetricsConfig(Section):
     host: str = "127.0.0.1"  # security: admin/metrics bind loopback unless configured
     port: int = Field(0, ge=0, le=65535)  # ops: 0 = no metrics endpoint
@@ -123,6 +160,7 @@ class StreamrlConfig(Section):
     join: JoinConfig = JoinConfig()
     joiner: JoinerConfig = JoinerConfig()
     archive: ArchiveConfig = ArchiveConfig()
+    learn: LearnConfig = LearnConfig()
     metrics: MetricsConfig = MetricsConfig()
 
     @model_validator(mode="after")

@@ -1,0 +1,214 @@
+"""The TPMA-GRPO learner (OneSearch-V2 §3.4) on reward records.
+
+Objective per step, for B prompts with G sampled SIDs each (L tokens):
+    loss = -1/|valid| Σ_{i,l} g_{i,l} · r_{i,l} · A_{i,l}          (Eq.19, no clipping)
+           + sft_weight · CE(first target SID | prompt)            (released code)
+           + beta · KL(π || π_ref)                                 (default 0)
+    r = exp(clamp(logp − old_logp, −20, 20)); A and g from rl/advantages.py (Eq.13–17).
+`algo=grpo` uses the clipped Eq.12 with sequence advantages of R_item (Eq.11); `algo=sft` trains on
+the target SIDs only.
+
+Deviations, numbered:
+ 1. w_item defaults to 1.0; the released code defaults it to 0, which leaves the composite item
+    reward (Eq.10) unused.
+ 2. One policy-gradient step per batch of rollouts (old_logp = logp at sampling, so r = 1 with a live
+    gradient), as GRPO with a single inner epoch.
+ 3. Rollouts sample only level-l SID tokens at step l (the released code samples the full vocabulary
+    and pads); an unconstrained rollout can still name no real item, earns no item reward, and counts
+    against the valid-SID rate.
+ 4. Prompts are the records with a click or an order (`learn.prompts=engaged`, as the released code);
+    `all` also uses requests without engagement, whose rollouts still carry item rewards.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from configs.schema import LearnConfig
+from rewards.ctr import CtrPrior, CtrTable
+from rewards.item import Components, RewardWeights, category_relevance
+from rl.advantages import grpo_advantages, tpma_advantages
+from rl.loss import grpo_loss, tpma_grpo_loss
+from rl.policy import SidVocab, format_prompt, rollout, sequence_logp
+from rl.sid import SidCodebook
+
+Record = dict[str, Any]
+
+
+@dataclass
+class Batch:
+    prompts: list[str]
+    targets: list[list[tuple[int, ...]]]  # clicked ∪ ordered SIDs per prompt
+    records: list[Record]
+
+
+@dataclass
+class StepStats:
+    values: dict[str, float] = field(default_factory=dict)
+    skipped: bool = False
+
+
+class Learner:
+    def __init__(
+        self,
+        cfg: LearnConfig,
+        model: Any,
+        tok: Any,
+        book: SidCodebook,
+        catalog_category: dict[str, tuple[str, ...]],
+        seed: int = 0,
+    ) -> None:
+        self.cfg = cfg
+        self.model = model
+        self.tok = tok
+        self.book = book
+        self.by_sid = {sid: item for item, sid in book.sids.items()}
+        self.category = catalog_category
+        level_sizes = [*book.levels, *([book.unique[1]] * book.unique[0])]
+        self.vocab = SidVocab(tok, level_sizes, list(book.sids.values()))
+        self.weights = RewardWeights(cfg.rewards.click_order, cfg.rewards.ctr, cfg.rewards.relevance)
+        self.ctr = CtrTable(CtrPrior())
+        self.rng = random.Random(seed)
+        self.gen = torch.Generator().manual_seed(seed)
+        self.opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.steps = 0
+        self.skipped = 0
+
+    # -- data --------------------------------------------------------------------------------
+    def observe(self, records: list[Record]) -> None:
+        """Records the learner reads also feed its CTR table (for items a request did not show)."""
+        for rec in records:
+            items = rec["items"]
+            self.ctr.observe(
+                rec["query"], [i["item_id"] for i in items], [i["clicked"] for i in items], rec["ts_ms"]
+            )
+
+    def usable(self, rec: Record) -> bool:
+        if self.cfg.prompts == "all":
+            return True
+        return any(i["clicked"] or i["ordered"] for i in rec["items"])
+
+    def make_batch(self, records: list[Record]) -> Batch:
+        prompts, targets = [], []
+        for rec in records:
+            history = [
+                self.book.sids[h] for h in rec["history"][: self.cfg.history_len] if h in self.book.sids
+            ]
+            prompts.append(format_prompt(rec["query"], history, self.tok))
+            targets.append(
+                [
+                    self.book.sids[i["item_id"]]
+                    for i in rec["items"]
+                    if (i["clicked"] or i["ordered"]) and i["item_id"] in self.book.sids
+                ]
+            )
+        return Batch(prompts, targets, records)
+
+    # -- rewards -----------------------------------------------------------------------------
+    def components(self, rec: Record, sid: tuple[int, ...]) -> Components | None:
+        item = self.by_sid.get(sid)
+        if item is None:
+            return None  # not a real item: no item reward
+        for it in rec["items"]:
+            if it["item_id"] == item:
+                return Components(it["co_score"], it["ctr"], max(it["rel_tier"], 0))
+        refs = [
+            self.category.get(i["item_id"], ())
+            for i in rec["items"]
+            if i["clicked"] or i["ordered"] or i["rel_tier"] >= 2
+        ]
+        ctr = self.ctr.score(rec["query"], [item], rec["ts_ms"])[0]
+        return Components(0.0, ctr, category_relevance(self.category.get(item, ()), refs))
+
+    # -- one step ----------------------------------------------------------------------------
+    def step(self, batch: Batch) -> StepStats:
+        cfg, G = self.cfg, self.cfg.group_size
+        self.model.train()
+        if cfg.algo == "sft":
+            loss = self._sft_nll(batch)
+            stats = {"loss": float(loss.detach())}
+        else:
+            codes, old_logp = rollout(
+                self.model, self.tok, batch.prompts, self.vocab, G, cfg.temperature, cfg.constrained, self.gen
+            )
+            rewards, comp, valid = self._rewards(batch, codes)
+            logp = sequence_logp(self.model, self.tok, batch.prompts, self.vocab, codes, G, cfg.temperature)
+            mask = torch.ones_like(logp)
+            if cfg.algo == "tpma":
+                adv, gates = self._tpma(batch, codes, rewards)
+                sft = self._sft_nll(batch) if cfg.sft_weight else None
+                loss, stats = tpma_grpo_loss(logp, old_logp, adv, gates, mask, sft, cfg.sft_weight)
+            else:
+                adv_seq = torch.cat(
+                    [grpo_advantages(rewards[b * G : (b + 1) * G]) for b in range(len(batch.prompts))]
+                )
+                loss, stats = grpo_loss(logp, old_logp, adv_seq.float(), mask, cfg.clip_eps)
+            stats.update(comp)
+            stats["valid_sid_rate"] = valid
+            stats["reward_mean"] = float(rewards.mean())
+        if not math.isfinite(float(loss.detach())):
+            self.skipped += 1
+            self.opt.zero_grad(set_to_none=True)
+            return StepStats(stats, skipped=True)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
+        self.opt.step()
+        self.steps += 1
+        return StepStats(stats)
+
+    def _rewards(self, batch: Batch, codes: torch.Tensor) -> tuple[torch.Tensor, dict[str, float], float]:
+        G = self.cfg.group_size
+        out, sums, valid = [], {"co": 0.0, "ctr": 0.0, "rel": 0.0}, 0
+        for n, row in enumerate(codes.tolist()):
+            comp = self.components(batch.records[n // G], tuple(row))
+            if comp is None:
+                out.append(0.0)
+                continue
+            valid += 1
+            sums["co"] += comp.co
+            sums["ctr"] += comp.ctr
+            sums["rel"] += comp.rel
+            out.append(comp.weighted(self.weights))
+        k = max(valid, 1)
+        stats = {f"reward_{name}": v / k for name, v in sums.items()}
+        stats.update(
+            {
+                f"reward_{name}_weighted": v / k * getattr(self.weights, attr)
+                for (name, v), attr in zip(sums.items(), ("click_order", "ctr", "relevance"), strict=True)
+            }
+        )
+        return torch.tensor(out), stats, valid / max(len(out), 1)
+
+    def _tpma(
+        self, batch: Batch, codes: torch.Tensor, rewards: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        G, L = self.cfg.group_size, self.vocab.L
+        advs, gates = [], []
+        for b, targets in enumerate(batch.targets):
+            t = np.array(targets, dtype=np.int64).reshape(-1, L)
+            a, g = tpma_advantages(
+                codes[b * G : (b + 1) * G].numpy(),
+                t,
+                rewards[b * G : (b + 1) * G].numpy(),
+                tuple(self.cfg.position_weights),
+                self.cfg.w_item,
+            )
+            advs.append(torch.as_tensor(a, dtype=torch.float32))
+            gates.append(torch.as_tensor(g, dtype=torch.float32))
+        return torch.cat(advs), torch.cat(gates)
+
+    def _sft_nll(self, batch: Batch) -> torch.Tensor:
+        """Cross-entropy of the first target SID of each prompt that has one."""
+        rows = [(p, t[0]) for p, t in zip(batch.prompts, batch.targets, strict=True) if t]
+        if not rows:
+            return torch.zeros((), requires_grad=True)
+        codes = torch.tensor([t for _, t in rows])
+        logp = sequence_logp(self.model, self.tok, [p for p, _ in rows], self.vocab, codes, 1)
+        return -logp.sum(dim=1).mean()
