@@ -324,6 +324,54 @@ def sids_build(
 
 
 @app.command()
+def learn(
+    records: Annotated[Path, typer.Option(help="Parquet records (streamrl replay output).")],
+    sids: Annotated[Path, typer.Option(help="A `streamrl sids build` folder.")],
+    steps: Annotated[int, typer.Option(help="Optimiser steps.")],
+    out: Annotated[Path, typer.Option(help="Run folder for the final checkpoint.")],
+    algo: Annotated[str | None, typer.Option(help="tpma | grpo | sft")] = None,
+    seed: int = 0,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Offline learner: train on replayed records, write an HF-format checkpoint."""
+    from rl.offline import run_offline
+
+    cfg = _config(config, [*(set_ or []), *([f"learn.algo={algo}"] if algo else [])])
+    try:
+        summary = run_offline(cfg.learn, records, sids, steps, out, seed)
+    except (ValueError, OSError) as exc:
+        console.print(f"[red]refused:[/red] {exc}")
+        raise typer.Exit(2) from None
+    console.print(f"checkpoint in {out}: {json.dumps(summary)}")
+
+
+@app.command("eval")
+def eval_cmd(
+    checkpoint: Annotated[Path, typer.Option(help="A `streamrl learn` output folder.")],
+    records: Annotated[Path, typer.Option(help="Parquet records to evaluate on.")],
+    k: int = 10,
+    beam: int = 32,
+    limit: Annotated[int, typer.Option(help="At most this many records.")] = 500,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """HR@K / MRR@K by constrained beam search, and the valid-SID rate of free decoding."""
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    from rl.evaluate import evaluate
+    from rl.offline import level_sizes, load_records
+    from rl.policy import SidVocab
+    from rl.sid import load_codebook
+
+    model = AutoModelForCausalLM.from_pretrained(str(checkpoint), local_files_only=True)
+    tok = PreTrainedTokenizerFast.from_pretrained(str(checkpoint), local_files_only=True)
+    book, _ = load_codebook(checkpoint)
+    vocab = SidVocab(tok, level_sizes(book), list(book.sids.values()))
+    result = evaluate(model, tok, book, vocab, load_records(records)[:limit], k, beam)
+    print(json.dumps(result) if as_json else result)
+
+
+@app.command()
 def demo(
     duration: Annotated[float, typer.Option(help="Seconds of streaming before stopping.")] = 60.0,
     requests_per_s: Annotated[float, typer.Option("--rate")] = 200.0,

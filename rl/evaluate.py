@@ -1,0 +1,90 @@
+"""Offline evaluation: beam search constrained to real SIDs, HR@K and MRR@K against the clicked ∪
+ordered items of held-out records (also split by click and order targets), and the valid-SID rate
+of free (unconstrained, level-restricted) sampling."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from rl.policy import SidVocab, _positions, format_prompt, rollout, sid_token
+
+
+@torch.no_grad()
+def beam_search(
+    model: Any, tok: Any, prompt: str, vocab: SidVocab, beam: int
+) -> list[tuple[tuple[int, ...], float]]:
+    """Top `beam` real SIDs for one prompt by cumulative log-probability (trie-constrained)."""
+    device = next(model.parameters()).device
+    base = tok(prompt, add_special_tokens=False)["input_ids"]
+    beams: list[tuple[tuple[int, ...], float]] = [((), 0.0)]
+    for lvl in range(vocab.L):
+        ids = torch.tensor(
+            [base + [tok.convert_tokens_to_ids(sid_token(i, c)) for i, c in enumerate(b)] for b, _ in beams],
+            device=device,
+        )
+        mask = torch.ones_like(ids)
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask)).logits[:, -1]
+        level_ids = vocab.level_ids[lvl].to(device)
+        logp = torch.log_softmax(logits[:, level_ids].float(), dim=-1)  # [beams, K_l]
+        cand = []
+        for (prefix, score), row in zip(beams, logp.tolist(), strict=True):
+            for code in vocab.allowed_codes(prefix):
+                cand.append(((*prefix, code), score + row[code]))
+        cand.sort(key=lambda c: -c[1])
+        beams = cand[:beam]
+    return beams
+
+
+def evaluate(
+    model: Any,
+    tok: Any,
+    book: Any,
+    vocab: SidVocab,
+    records: list[dict[str, Any]],
+    k: int = 10,
+    beam: int = 32,
+    history_len: int = 5,
+    free_samples: int = 8,
+    seed: int = 0,
+) -> dict[str, Any]:
+    model.eval()
+    by_sid = {sid: item for item, sid in book.sids.items()}
+    sums = {"hr": 0.0, "mrr": 0.0, "hr_click": 0.0, "mrr_click": 0.0, "hr_order": 0.0, "mrr_order": 0.0}
+    n = n_click = n_order = 0
+    valid = total = 0
+    gen = torch.Generator().manual_seed(seed)
+    for rec in records:
+        clicked = {i["item_id"] for i in rec["items"] if i["clicked"]}
+        ordered = {i["item_id"] for i in rec["items"] if i["ordered"]}
+        if not clicked | ordered:
+            continue
+        history = [book.sids[h] for h in rec["history"][:history_len] if h in book.sids]
+        prompt = format_prompt(rec["query"], history, tok)
+        ranked = [by_sid[s] for s, _ in beam_search(model, tok, prompt, vocab, max(beam, k))][:k]
+        for name, targets in (("", clicked | ordered), ("_click", clicked), ("_order", ordered)):
+            if not targets:
+                continue
+            rank = next((r for r, item in enumerate(ranked, start=1) if item in targets), None)
+            sums["hr" + name] += rank is not None
+            sums["mrr" + name] += 1.0 / rank if rank else 0.0
+        n += 1
+        n_click += bool(clicked)
+        n_order += bool(ordered)
+        if free_samples:
+            codes, _ = rollout(model, tok, [prompt], vocab, free_samples, generator=gen)
+            valid += sum(tuple(c) in vocab.items for c in codes.tolist())
+            total += free_samples
+    return {
+        f"hr@{k}": sums["hr"] / max(n, 1),
+        f"mrr@{k}": sums["mrr"] / max(n, 1),
+        f"hr@{k}_click": sums["hr_click"] / max(n_click, 1),
+        f"mrr@{k}_click": sums["mrr_click"] / max(n_click, 1),
+        f"hr@{k}_order": sums["hr_order"] / max(n_order, 1),
+        f"mrr@{k}_order": sums["mrr_order"] / max(n_order, 1),
+        "valid_sid_rate": valid / max(total, 1),
+        "n": n,
+        "n_click": n_click,
+        "n_order": n_order,
+    }
