@@ -19,6 +19,28 @@ def _kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     return torch.exp(d) - d - 1.0
 
 
+def _ratio(logp: torch.Tensor, old_logp: torch.Tensor) -> torch.Tensor:
+    """Importance ratio with the log-ratio clamped to [-20, 20] (finite for any input)."""
+    return torch.exp(torch.clamp(logp - old_logp, -20.0, 20.0))
+
+
+def _finish(
+    loss: torch.Tensor,
+    stats: dict[str, float],
+    logp: torch.Tensor,
+    ref_logp: torch.Tensor | None,
+    mask: torch.Tensor,
+    beta: float,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Add the optional reference-KL term, record the total."""
+    if ref_logp is not None and beta:
+        kl = _masked_mean(_kl_k3(logp, ref_logp), mask)
+        loss = loss + beta * kl
+        stats["kl"] = float(kl.detach())
+    stats["loss"] = float(loss.detach())
+    return loss, stats
+
+
 def tpma_grpo_loss(
     logp: torch.Tensor,  # [N, L]
     old_logp: torch.Tensor,  # [N, L]
@@ -33,7 +55,7 @@ def tpma_grpo_loss(
     """Eq.19: -mean over valid (i, l) of gate * ratio * adv, no clipping (the gate regularises),
     ratio = exp(clamp(logp - old_logp, -20, 20)); + sft_weight * CE on the first target SID;
     + beta * reference KL."""
-    ratio = torch.exp(torch.clamp(logp - old_logp, -20.0, 20.0))  # [N, L]
+    ratio = _ratio(logp, old_logp)  # [N, L]
     pg = -_masked_mean(gates * ratio * adv, mask)
     loss = pg
     stats = {
@@ -44,12 +66,7 @@ def tpma_grpo_loss(
     if sft_nll is not None and sft_weight:
         loss = loss + sft_weight * sft_nll
         stats["sft_nll"] = float(sft_nll.detach())
-    if ref_logp is not None and beta:
-        kl = _masked_mean(_kl_k3(logp, ref_logp), mask)
-        loss = loss + beta * kl
-        stats["kl"] = float(kl.detach())
-    stats["loss"] = float(loss.detach())
-    return loss, stats
+    return _finish(loss, stats, logp, ref_logp, mask, beta)
 
 
 def grpo_loss(
@@ -62,16 +79,11 @@ def grpo_loss(
     beta: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Eq.12: -mean over valid tokens of min(ratio * A, clip(ratio, 1-eps, 1+eps) * A)."""
-    ratio = torch.exp(torch.clamp(logp - old_logp, -20.0, 20.0))  # [N, L]
+    ratio = _ratio(logp, old_logp)  # [N, L]
     a = adv[:, None]  # [N, 1]
     surrogate = torch.minimum(ratio * a, torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps) * a)
     pg = -_masked_mean(surrogate, mask)
     loss = pg
     clipped = ((ratio < 1 - clip_eps) | (ratio > 1 + clip_eps)).float()
     stats = {"pg_loss": float(pg.detach()), "clip_frac": float(_masked_mean(clipped, mask).detach())}
-    if ref_logp is not None and beta:
-        kl = _masked_mean(_kl_k3(logp, ref_logp), mask)
-        loss = loss + beta * kl
-        stats["kl"] = float(kl.detach())
-    stats["loss"] = float(loss.detach())
-    return loss, stats
+    return _finish(loss, stats, logp, ref_logp, mask, beta)
