@@ -41,6 +41,7 @@ class KafkaConfig(Section):
     ssl_keyfile: str | None = None  # ops: client key; its password from $STREAMRL_KAFKA_SSL_PASSWORD
     ssl_check_hostname: bool = True  # ops
     join_group: str = "streamrl-joiner"  # ops: consumer group of the joiner members
+    learn_group: str = "streamrl-learner"  # ops: the learner's own consumer group on rewards
     group_instance_id: str | None = None  # ops: static membership; a restarted member takes its
     #                                        partitions back without waiting for the session timeout
     session_timeout_ms: int = Field(10000, ge=1000)  # ops: member liveness (BROKER.md: 6000 in tests)
@@ -148,6 +149,9 @@ class LearnConfig(Section):
     model: ModelConfig = ModelConfig()
     history_len: int = Field(5, ge=0)  # recent items' SIDs in the prompt
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    buffer_size: int = Field(20_000, ge=1)  # ops: streaming: recent records kept for sampling
+    buffer_max_age_s: float = Field(3600.0, gt=0)  # ops: streaming: records older (event time) leave
+    checkpoint_every_steps: int = Field(50, ge=1)  # ops: streaming: save + commit cadence
 
 
 class MetricsConfig(Section):

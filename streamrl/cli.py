@@ -325,19 +325,32 @@ def sids_build(
 
 @app.command()
 def learn(
-    records: Annotated[Path, typer.Option(help="Parquet records (streamrl replay output).")],
     sids: Annotated[Path, typer.Option(help="A `streamrl sids build` folder.")],
-    steps: Annotated[int, typer.Option(help="Optimiser steps.")],
-    out: Annotated[Path, typer.Option(help="Run folder for the final checkpoint.")],
+    out: Annotated[Path, typer.Option(help="Run folder for checkpoints.")],
+    records: Annotated[
+        Path | None,
+        typer.Option(
+            help="Offline: Parquet records (streamrl replay output). Without it: the rewards topic."
+        ),
+    ] = None,
+    steps: Annotated[int | None, typer.Option(help="Optimiser steps (streaming: at most).")] = None,
     algo: Annotated[str | None, typer.Option(help="tpma | grpo | sft")] = None,
     seed: int = 0,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Offline learner: train on replayed records, write an HF-format checkpoint."""
+    """The learner: on the live rewards topic, or offline on replayed records (--records)."""
     from rl.offline import run_offline
 
     cfg = _config(config, [*(set_ or []), *([f"learn.algo={algo}"] if algo else [])])
+    if records is None:
+        from rl.streaming import run_streaming
+
+        _logging()
+        raise typer.Exit(run_streaming(cfg, sids, out, _stop_on_signals(), steps, seed))
+    if steps is None:
+        console.print("[red]offline learning needs --steps[/red]")
+        raise typer.Exit(2)
     try:
         summary = run_offline(cfg.learn, records, sids, steps, out, seed)
     except (ValueError, OSError) as exc:
