@@ -54,6 +54,13 @@ class StepStats:
     skipped: bool = False
 
 
+def pick_device(choice: str) -> torch.device:
+    """`auto`: CUDA when available, else CPU."""
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
 class Learner:
     def __init__(
         self,
@@ -65,7 +72,8 @@ class Learner:
         seed: int = 0,
     ) -> None:
         self.cfg = cfg
-        self.model = model
+        self.device = pick_device(cfg.device)
+        self.model = model.to(self.device)
         self.tok = tok
         self.book = book
         self.by_sid = {sid: item for item, sid in book.sids.items()}
@@ -139,16 +147,20 @@ class Learner:
             )
             rewards, comp, valid = self._rewards(batch, codes)
             logp = sequence_logp(self.model, self.tok, batch.prompts, self.vocab, codes, G, cfg.temperature)
+            dev = logp.device  # advantages and gates are computed on the CPU (rl/advantages.py)
+            old_logp = old_logp.to(dev)
             mask = torch.ones_like(logp)
             if cfg.algo == "tpma":
                 adv, gates = self._tpma(batch, codes, rewards)
                 sft = self._sft_nll(batch) if cfg.sft_weight else None
-                loss, stats = tpma_grpo_loss(logp, old_logp, adv, gates, mask, sft, cfg.sft_weight)
+                loss, stats = tpma_grpo_loss(
+                    logp, old_logp, adv.to(dev), gates.to(dev), mask, sft, cfg.sft_weight
+                )
             else:
                 adv_seq = torch.cat(
                     [grpo_advantages(rewards[b * G : (b + 1) * G]) for b in range(len(batch.prompts))]
                 )
-                loss, stats = grpo_loss(logp, old_logp, adv_seq.float(), mask, cfg.clip_eps)
+                loss, stats = grpo_loss(logp, old_logp, adv_seq.float().to(dev), mask, cfg.clip_eps)
             stats.update(comp)
             stats["valid_sid_rate"] = valid
             stats["reward_mean"] = float(rewards.mean())

@@ -137,7 +137,8 @@ def rollout(
                     allow[n, ok] = 0.0
             scores = scores + allow
         probs = torch.softmax(scores, dim=-1)
-        pick = torch.multinomial(probs, 1, generator=generator).squeeze(1)  # [N]
+        # sampled on the CPU so a seeded CPU generator serves any device
+        pick = torch.multinomial(probs.float().cpu(), 1, generator=generator).squeeze(1).to(device)
         codes[:, lvl] = pick.cpu()
         logps[:, lvl] = torch.log(probs.gather(1, pick[:, None]).squeeze(1).clamp_min(1e-30)).cpu()
         next_ids = level_ids[pick][:, None]  # [N, 1]
