@@ -30,6 +30,19 @@ def level_sizes(book: Any) -> list[int]:
     return [*book.levels, *([book.unique[1]] * book.unique[0])]
 
 
+def new_learner(cfg: LearnConfig, sids_dir: Path, seed: int) -> tuple[Learner, dict[str, Any]]:
+    """A learner with a fresh policy over the codebook in `sids_dir` (offline and streaming)."""
+    torch.manual_seed(seed)
+    book, meta = load_codebook(sids_dir)
+    categories = {
+        r["item_id"]: tuple(r["category"]) for r in pq.read_table(sids_dir / CODEBOOK_FILE).to_pylist()
+    }
+    tok = build_tokenizer(level_sizes(book))
+    m = cfg.model
+    model = build_model(tok, PolicyShape(m.hidden, m.layers, m.heads, m.intermediate), seed)
+    return Learner(cfg, model, tok, book, categories, seed), meta
+
+
 def run_offline(
     cfg: LearnConfig,
     records_dir: Path,
@@ -40,15 +53,8 @@ def run_offline(
     log_every: int = 10,
 ) -> dict[str, Any]:
     random.seed(seed)
-    torch.manual_seed(seed)
-    book, meta = load_codebook(sids_dir)
-    categories = {
-        r["item_id"]: tuple(r["category"]) for r in pq.read_table(sids_dir / CODEBOOK_FILE).to_pylist()
-    }
-    tok = build_tokenizer(level_sizes(book))
-    m = cfg.model
-    model = build_model(tok, PolicyShape(m.hidden, m.layers, m.heads, m.intermediate), seed)
-    learner = Learner(cfg, model, tok, book, categories, seed)
+    learner, meta = new_learner(cfg, sids_dir, seed)
+    model, tok = learner.model, learner.tok
     records = load_records(records_dir)
     learner.observe(records)
     prompts = [r for r in records if learner.usable(r)]

@@ -19,14 +19,9 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
-import torch
-
 from configs.schema import StreamrlConfig
 from rl.learner import Learner
-from rl.offline import level_sizes, save_checkpoint
-from rl.policy import PolicyShape, build_model, build_tokenizer
-from rl.sid import CODEBOOK_FILE, load_codebook
+from rl.offline import new_learner, save_checkpoint
 from stream.kafka_io import RewardReader
 
 log = logging.getLogger("streamrl.learner")
@@ -41,15 +36,8 @@ def run_streaming(
     seed: int = 0,
 ) -> int:
     lc = cfg.learn
-    torch.manual_seed(seed)
-    book, _ = load_codebook(sids_dir)
-    categories = {
-        r["item_id"]: tuple(r["category"]) for r in pq.read_table(sids_dir / CODEBOOK_FILE).to_pylist()
-    }
-    tok = build_tokenizer(level_sizes(book))
-    m = lc.model
-    model = build_model(tok, PolicyShape(m.hidden, m.layers, m.heads, m.intermediate), seed)
-    learner = Learner(lc, model, tok, book, categories, seed)
+    learner, _ = new_learner(lc, sids_dir, seed)
+    model, tok = learner.model, learner.tok
     reader = RewardReader(cfg.kafka, cfg.kafka.learn_group)
     buffer: deque[dict[str, Any]] = deque(maxlen=lc.buffer_size)
     rng = random.Random(seed)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from tiny_world import TINY_LEARN, build_tiny_world
 from transformers import AutoModelForCausalLM
 
 from configs import StreamrlConfig
@@ -20,56 +21,13 @@ from stream import kafka_io
 from .helpers import overrides
 
 pytestmark = pytest.mark.integration
-TINY = [
-    "learn.batch_prompts=4",
-    "learn.group_size=4",
-    "learn.model.hidden=32",
-    "learn.model.layers=1",
-    "learn.model.heads=2",
-    "learn.model.intermediate=64",
-    "learn.checkpoint_every_steps=2",
-]
-WORLD = (
-    "seed: 3\ncatalog: {items: 120, category_fanout: [3, 2, 2], merchants: 10}\n"
-    "users: {count: 30}\nqueries: {count: 20}\nbehaviour: {requests_per_s: 2}\n"
-)
+TINY = [*TINY_LEARN, "learn.checkpoint_every_steps=2"]
 
 
 @pytest.fixture
 def world_on_topic(kafka_cfg: StreamrlConfig, tmp_path: Path) -> Path:
     """A tiny simulated world: its records on the rewards topic, its SIDs in tmp_path / sids."""
-    world = tmp_path / "world.yaml"
-    world.write_text(WORLD)
-    cli = [sys.executable, "-m", "streamrl"]
-    for args in (
-        [
-            "simulate",
-            "--world",
-            str(world),
-            "--out",
-            str(tmp_path / "e.jsonl"),
-            "--requests",
-            "300",
-            "--truth",
-            str(tmp_path / "truth"),
-        ],
-        ["replay", str(tmp_path / "e.jsonl"), "--out", str(tmp_path / "rec")],
-        [
-            "sids",
-            "build",
-            "--world-truth",
-            str(tmp_path / "truth"),
-            "--out",
-            str(tmp_path / "sids"),
-            "--encoder",
-            "hash",
-            "--levels",
-            "8,4,4",
-            "--unique",
-            "2x8",
-        ],
-    ):
-        subprocess.run([*cli, *args], check=True, capture_output=True, timeout=300)
+    build_tiny_world(tmp_path)
     t = kafka_cfg.kafka.topics
     kafka_io.ensure_topics(kafka_cfg.kafka, [t.rewards])
     producer = kafka_io.make_producer(kafka_cfg.kafka)
