@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import yaml
@@ -264,12 +263,3 @@ def _build_users(
         liked = {a: str(rng.choice(values[a])) for a in ("brand", "colour")}
         users.append(User(f"u{i:05d}", favoured, liked, float(weights[i])))
     return users
-
-
-def describe(world: World) -> dict[str, Any]:
-    return {
-        "items": len(world.items),
-        "queries": len(world.queries),
-        "users": len(world.users),
-        "new_merchants": len(world.new_merchants),
-    }

@@ -1,10 +1,11 @@
 """The event contract (docs/architecture.md, "Events"): typed decode of one JSON value.
 
-Producers encode events with orjson. The joiner decodes and validates them in one C pass with msgspec
-typed structs: it is faster than `orjson.loads` into dicts alone (bench/join_throughput.py), and a
-schema written as types is also the clearest statement of the contract. Extra fields are ignored; a
-missing or mistyped required field makes the event malformed, and `decode_event` raises `Malformed`
-whose reason names the field (`malformed: Expected `int`, got `str` - at `$.items[0].position``).
+Producers encode events with orjson (`stream.kafka_io.produce_events`, the simulators). The joiner
+decodes and validates them in one C pass with msgspec typed structs: faster than `orjson.loads`
+into dicts alone (bench/join_throughput.py), and a schema written as types is the clearest statement
+of the contract. Extra fields are ignored; a missing or mistyped required field makes the event
+malformed, and `decode_event` raises `Malformed` whose reason names the field
+(`malformed: Expected `int`, got `str` - at `$.items[0].position``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 from typing import Annotated
 
 import msgspec
-import orjson
 from msgspec import Meta, Struct
 
 # gc=False: events hold only strings, numbers and other events, never cycles, so the cyclic GC need
@@ -90,8 +90,3 @@ def decode_event(raw: bytes | str | None) -> Event:
     if type(ev) is Impression and len({it.item_id for it in ev.items}) != len(ev.items):
         raise Malformed("items repeat an item_id")
     return ev
-
-
-def encode_event(event: dict[str, object]) -> bytes:
-    """The wire form of an event (what producers write): orjson bytes."""
-    return orjson.dumps(event)

@@ -34,8 +34,9 @@ import pyarrow as pa
 
 from configs.schema import JoinConfig
 from rewards.ctr import CtrPrior, CtrTable
+from rewards.scores import co_score
 from stream.events import Action, Click, Impression
-from stream.records import Record, RecordColumns
+from stream.records import RecordColumns
 
 _NEG_INF = -(2**62)
 _NONE: frozenset[str] = frozenset()
@@ -132,7 +133,7 @@ class Enricher:
         for (req, now_ms, reason), (ids, clicked, ordered) in zip(finished, per_request, strict=True):
             imp = req.imp
             n = len(ids)
-            co = [vo if o else (vc if c else 0.0) for c, o in zip(clicked, ordered, strict=True)]
+            co = [co_score(c, o, vc, vo) for c, o in zip(clicked, ordered, strict=True)]
             sink.add(
                 imp.request_id,
                 imp.user_id,
@@ -286,15 +287,6 @@ class JoinState:
                 self._dead("orphan", act, raw, src)
         self._deadlines.clear()
         self._orphan_expiry.clear()
-
-    def remember_finalized(self, record: Record) -> None:
-        """Recovery: a record already durable in the rewards topic (see stream/joiner.py)."""
-        items = record["items"]
-        self.finalized[record["request_id"]] = Finalized(
-            record["ts_ms"],
-            frozenset(it["item_id"] for it in items if it["clicked"]),
-            frozenset(it["item_id"] for it in items if it["ordered"]),
-        )
 
     # -- outputs ----------------------------------------------------------------------------
     @property

@@ -190,7 +190,7 @@ class Joiner:
                 )
             self.counts["records_out"] += table.num_rows
         for d in self.pending_dead:
-            self.futures.append(self.producer.send(self.topics.dlq, value=_dumps(d)))
+            self.futures.append(self.producer.send(self.topics.dlq, value=orjson.dumps(d)))
         self.counts["dead_out"] += len(self.pending_dead)
         self.pending, self.pending_dead = {}, []
         self.producer.flush()  # 2.
@@ -228,10 +228,6 @@ class Joiner:
             total.update(shard.counts)
             total["open_requests"] += len(shard.open)
         return total
-
-
-def _dumps(obj: Any) -> bytes:
-    return orjson.dumps(obj)
 
 
 def run_joiner(cfg: StreamrlConfig, stop: threading.Event, archive: bool = True) -> int:

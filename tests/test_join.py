@@ -236,10 +236,11 @@ def test_held_offsets_cover_every_event_open_state_depends_on() -> None:
 
 
 def test_recovered_finalised_request_is_not_emitted_again() -> None:
-    state = JoinState(CFG, Enricher(CFG))
-    state.remember_finalized(
-        {"request_id": "r", "ts_ms": 0, "items": [{"item_id": "a", "clicked": True, "ordered": False}]}
-    )
+    # what the joiner does on start: fold the rewards topic back in and seed the shard with it
+    first, _, _ = run([imp("r", 0), act("click", "r", "a", 1)])
+    enricher = Enricher(CFG)
+    state = JoinState(CFG, enricher)
+    state.finalized.update(enricher.absorb_table(first.drain()[0].table()))
     for n, ev in enumerate([imp("r", 0), act("click", "r", "a", 1), act("click", "r", "b", 2)]):
         raw = orjson.dumps(ev)
         state.on_event(decode_event(raw), raw, Source("f", -1, n), "in", 0)
