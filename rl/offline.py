@@ -17,7 +17,7 @@ import torch
 
 from configs.schema import LearnConfig
 from rl.learner import Learner
-from rl.policy import PolicyShape, build_model, build_tokenizer
+from rl.policy import PolicyShape, build_model, build_tokenizer, load_pretrained
 from rl.sid import CENTROIDS_FILE, CODEBOOK_FILE, META_FILE, load_codebook
 from stream.records import read_records
 
@@ -37,9 +37,12 @@ def new_learner(cfg: LearnConfig, sids_dir: Path, seed: int) -> tuple[Learner, d
     categories = {
         r["item_id"]: tuple(r["category"]) for r in pq.read_table(sids_dir / CODEBOOK_FILE).to_pylist()
     }
-    tok = build_tokenizer(level_sizes(book))
     m = cfg.model
-    model = build_model(tok, PolicyShape(m.hidden, m.layers, m.heads, m.intermediate), seed)
+    if m.pretrained_path:
+        model, tok = load_pretrained(m.pretrained_path, level_sizes(book))
+    else:
+        tok = build_tokenizer(level_sizes(book))
+        model = build_model(tok, PolicyShape(m.hidden, m.layers, m.heads, m.intermediate), seed)
     return Learner(cfg, model, tok, book, categories, seed), meta
 
 

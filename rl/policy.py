@@ -14,10 +14,20 @@ from __future__ import annotations
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import AddedToken, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    AddedToken,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
 
 SPECIAL = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "sep_token": "<sep>"}
 
@@ -30,6 +40,18 @@ def sid_token(level: int, code: int) -> str:
     return f"<{level_name(level)}_{code}>"
 
 
+def add_sid_tokens(tok: PreTrainedTokenizerBase, level_sizes: Sequence[int]) -> int:
+    """Add the SID tokens a tokenizer lacks, as normal tokens; returns how many were added."""
+    have = tok.get_vocab()
+    missing = [
+        AddedToken(sid_token(lvl, c), special=False, normalized=False)
+        for lvl, size in enumerate(level_sizes)
+        for c in range(size)
+        if sid_token(lvl, c) not in have
+    ]
+    return tok.add_tokens(missing) if missing else 0
+
+
 def build_tokenizer(level_sizes: Sequence[int]) -> PreTrainedTokenizerFast:
     byte_vocab = pre_tokenizers.ByteLevel.alphabet()
     vocab = {tok: i for i, tok in enumerate(sorted(byte_vocab))}
@@ -37,19 +59,15 @@ def build_tokenizer(level_sizes: Sequence[int]) -> PreTrainedTokenizerFast:
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
     tok = PreTrainedTokenizerFast(tokenizer_object=core, **SPECIAL)
-    tok.add_tokens(
-        [
-            AddedToken(sid_token(lvl, c), special=False, normalized=False)
-            for lvl, size in enumerate(level_sizes)
-            for c in range(size)
-        ]
-    )
+    add_sid_tokens(tok, level_sizes)
     return tok
 
 
-def format_prompt(query: str, history_sids: Sequence[Sequence[int]], tok: PreTrainedTokenizerFast) -> str:
+def format_prompt(query: str, history_sids: Sequence[Sequence[int]], tok: PreTrainedTokenizerBase) -> str:
+    """A pretrained tokenizer without bos/sep tokens (Qwen, say) gets a newline as separator."""
     history = "".join("".join(sid_token(lvl, c) for lvl, c in enumerate(s)) for s in history_sids)
-    return f"{tok.bos_token}query: {query}{tok.sep_token}history: {history}{tok.sep_token}sid: "
+    bos, sep = tok.bos_token or "", tok.sep_token or "\n"
+    return f"{bos}query: {query}{sep}history: {history}{sep}sid: "
 
 
 @dataclass(frozen=True)
@@ -80,11 +98,24 @@ def build_model(tok: PreTrainedTokenizerFast, shape: PolicyShape, seed: int = 0)
     return LlamaForCausalLM(cfg)
 
 
+def load_pretrained(path: str, level_sizes: Sequence[int]) -> tuple[Any, PreTrainedTokenizerBase]:
+    """Any local transformers causal LM (e.g. Qwen3-0.6B, or a streamrl checkpoint) and its tokenizer,
+    offline; SID tokens it lacks are added and the embeddings resized to match."""
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    added = add_sid_tokens(tok, level_sizes)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model: Any = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
+    if added or model.get_input_embeddings().num_embeddings < len(tok):
+        model.resize_token_embeddings(len(tok))
+    return model, tok
+
+
 class SidVocab:
     """Token ids of the SID codes per level, and the prefix trie of the codebook's real items."""
 
     def __init__(
-        self, tok: PreTrainedTokenizerFast, level_sizes: Sequence[int], sids: Sequence[Sequence[int]] = ()
+        self, tok: PreTrainedTokenizerBase, level_sizes: Sequence[int], sids: Sequence[Sequence[int]] = ()
     ) -> None:
         self.level_ids = [
             torch.tensor(tok.convert_tokens_to_ids([sid_token(lvl, c) for c in range(size)]))
@@ -101,47 +132,71 @@ class SidVocab:
         return sorted(self.trie.get(prefix, ()))
 
 
-@torch.no_grad()
 def rollout(
-    model: LlamaForCausalLM,
-    tok: PreTrainedTokenizerFast,
+    model: PreTrainedModel,
+    tok: PreTrainedTokenizerBase,
     prompts: Sequence[str],
     vocab: SidVocab,
     G: int,
     temperature: float = 1.0,
     constrained: bool = False,
     generator: torch.Generator | None = None,
+    grad: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample G SIDs per prompt: returns (codes [B*G, L] int, logp [B*G, L] of the sampled tokens
-    under the sampling distribution). Prompts are left-padded; one forward pass per step reuses the
-    KV cache."""
+    """Sample G SIDs per prompt: returns (codes [B*G, L] int on the CPU, logp [B*G, L] of the sampled
+    tokens under the distribution sampled from, on the model's device).
+
+    The B prompts (left-padded) go through the model once and their KV cache is repeated G times, so
+    the G samples of a prompt share its pass; then one cached forward per SID level. `grad=True`
+    keeps the graph, so the learner's policy-gradient loss uses these log-probs directly (a single
+    inner epoch: the ratio is 1 with a live gradient) instead of scoring the rollouts a second time.
+    """
+    with torch.set_grad_enabled(grad):
+        return _rollout(model, tok, prompts, vocab, G, temperature, constrained, generator)
+
+
+def _rollout(
+    model: PreTrainedModel,
+    tok: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    vocab: SidVocab,
+    G: int,
+    temperature: float,
+    constrained: bool,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     tok.padding_side = "left"
     enc = tok(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
     device = next(model.parameters()).device
-    ids = enc["input_ids"].repeat_interleave(G, 0).to(device)  # [N, T]
-    mask = enc["attention_mask"].repeat_interleave(G, 0).to(device)  # [N, T]
-    N = ids.shape[0]
-    codes = torch.zeros((N, vocab.L), dtype=torch.long)
-    logps = torch.zeros((N, vocab.L))
+    ids = enc["input_ids"].to(device)  # [B, T]
+    mask = enc["attention_mask"].to(device)  # [B, T]
     out = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=True)
     past = out.past_key_values
-    logits = out.logits[:, -1, :]  # [N, V]
+    past.batch_repeat_interleave(G)  # [B, ...] -> [B*G, ...], sample n belongs to prompt n // G
+    logits = out.logits[:, -1, :].repeat_interleave(G, 0)  # [N, V]
+    mask = mask.repeat_interleave(G, 0)  # [N, T]
+    N = logits.shape[0]
+    codes = torch.zeros((N, vocab.L), dtype=torch.long)
+    logps = []
     for lvl in range(vocab.L):
         level_ids = vocab.level_ids[lvl].to(device)
         scores = logits[:, level_ids].float() / max(temperature, 1e-6)  # [N, K_l]
         if constrained:
-            allow = torch.full_like(scores, float("-inf"))
+            allow = torch.full(scores.shape, float("-inf"))
             for n in range(N):
                 ok = vocab.allowed_codes(tuple(codes[n, :lvl].tolist()))
                 if ok:
                     allow[n, ok] = 0.0
-            scores = scores + allow
-        probs = torch.softmax(scores, dim=-1)
+            scores = scores + allow.to(device)
+        logp_all = torch.log_softmax(scores, dim=-1)
         # sampled on the CPU so a seeded CPU generator serves any device
-        pick = torch.multinomial(probs.float().cpu(), 1, generator=generator).squeeze(1).to(device)
-        codes[:, lvl] = pick.cpu()
-        logps[:, lvl] = torch.log(probs.gather(1, pick[:, None]).squeeze(1).clamp_min(1e-30)).cpu()
-        next_ids = level_ids[pick][:, None]  # [N, 1]
+        pick = torch.multinomial(logp_all.detach().exp().cpu(), 1, generator=generator).squeeze(1)
+        codes[:, lvl] = pick
+        pick_dev = pick.to(device)
+        logps.append(logp_all.gather(1, pick_dev[:, None]).squeeze(1))
+        if lvl == vocab.L - 1:
+            break  # the last token's forward pass would feed nothing
+        next_ids = level_ids[pick_dev][:, None]  # [N, 1]
         mask = torch.cat([mask, torch.ones_like(next_ids)], dim=1)
         out = model(
             input_ids=next_ids,
@@ -152,7 +207,7 @@ def rollout(
         )
         past = out.past_key_values
         logits = out.logits[:, -1, :]
-    return codes, logps
+    return codes, torch.stack(logps, dim=1)
 
 
 def _positions(mask: torch.Tensor) -> torch.Tensor:
@@ -161,8 +216,8 @@ def _positions(mask: torch.Tensor) -> torch.Tensor:
 
 
 def sequence_logp(
-    model: LlamaForCausalLM,
-    tok: PreTrainedTokenizerFast,
+    model: PreTrainedModel,
+    tok: PreTrainedTokenizerBase,
     prompts: Sequence[str],
     vocab: SidVocab,
     codes: torch.Tensor,

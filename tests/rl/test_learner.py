@@ -62,3 +62,86 @@ def test_a_step_changes_parameters_and_stays_finite(algo: str) -> None:
     assert any(not torch.equal(a, b.detach()) for a, b in zip(before, model.parameters(), strict=True))
     if algo != "sft":
         assert 0.0 <= stats.values["valid_sid_rate"] <= 1.0 and "reward_co_weighted" in stats.values
+
+
+class _Recording:
+    """A relevance source that answers tier 3 for everything and records what it was asked."""
+
+    name = "recording"
+    errors = 0
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, list[str]]] = []
+
+    def tiers(self, query: str, item_ids, reference) -> list[int]:  # type: ignore[no-untyped-def]
+        self.calls.append((query, list(item_ids)))
+        return [3] * len(item_ids)
+
+
+def _tiny_learner(**kw: object) -> tuple[Learner, list[str]]:
+    ids = [f"i{n}" for n in range(10)]
+    book = SidCodebook((4, 3, 3), (2, 4)).build(
+        ids, HashEncoder(32).encode([f"item {n} wool" for n in range(10)]), seed=0
+    )
+    tok = build_tokenizer([4, 3, 3, 4, 4])
+    model = build_model(tok, PolicyShape(hidden=32, layers=1, heads=2, intermediate=64))
+    cfg = LearnConfig(batch_prompts=4, group_size=4, lr=1e-2)
+    learner = Learner(cfg, model, tok, book, {i: ("apparel", "knit") for i in ids}, **kw)  # type: ignore[arg-type]
+    return learner, ids
+
+
+def test_components_come_from_the_record_or_the_relevance_source_once_per_request() -> None:
+    source = _Recording()
+    learner, _ = _tiny_learner(relevance=source)
+    rec = _records()[0]  # shows i0..i3, clicks i0
+    learner.observe(_records())
+    sid = learner.book.sids
+    fake = next(
+        (a, b, c, d, e)
+        for a in range(4)
+        for b in range(3)
+        for c in range(3)
+        for d in range(4)
+        for e in range(4)
+        if (a, b, c, d, e) not in set(sid.values())
+    )
+    got = learner.components(rec, [sid["i0"], sid["i7"], sid["i1"], sid["i9"], sid["i7"], fake])
+    shown0 = rec["items"][0]
+    assert got[0] is not None and (got[0].co, got[0].ctr, got[0].rel) == (
+        shown0["co_score"],
+        shown0["ctr"],
+        shown0["rel_tier"],
+    )
+    assert got[2] is not None and got[2].rel == rec["items"][1]["rel_tier"]  # shown: the record's tier
+    for n in (1, 3, 4):  # not shown: C&O 0, the source's tier, a clipped posterior CTR
+        c = got[n]
+        assert c is not None and c.co == 0.0 and c.rel == 3 and 0.0 < c.ctr < 1.0
+    assert got[5] is None  # no real item: no item reward
+    assert source.calls == [(rec["query"], ["i7", "i9"])]  # one call, each outside item once
+
+
+def test_a_local_pretrained_model_gets_sid_tokens_and_trains(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from transformers import AutoModelForCausalLM
+
+    from rl.policy import load_pretrained
+
+    tok = build_tokenizer([])  # a "pretrained" model that has never seen a SID token
+    base = build_model(tok, PolicyShape(hidden=32, layers=1, heads=2, intermediate=64))
+    base.save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    model, tok2 = load_pretrained(str(tmp_path / "base"), [4, 3, 3, 4, 4])
+    assert len(tok2) == len(tok) + 18
+    assert model.get_input_embeddings().num_embeddings == len(tok2)
+    assert tok2.convert_ids_to_tokens(tok2("<a_3><e_1>", add_special_tokens=False)["input_ids"]) == [
+        "<a_3>",
+        "<e_1>",
+    ]
+    learner, _ = _tiny_learner()
+    learner = Learner(learner.cfg, model, tok2, learner.book, learner.category)
+    recs = _records()
+    learner.observe(recs)
+    stats = learner.step(learner.make_batch([r for r in recs if learner.usable(r)][:4]))
+    assert not stats.skipped and learner.steps == 1
+    model.save_pretrained(tmp_path / "trained")
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "trained", local_files_only=True)
+    assert again.get_input_embeddings().num_embeddings == len(tok2)

