@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 
 class Section(BaseModel):
@@ -115,6 +115,7 @@ class ArchiveConfig(Section):
 
 
 class RewardWeightsConfig(Section):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     click_order: float = Field(1.0, ge=0.0)  # paper Eq.10; released code: 1.0
     ctr: float = Field(1.0, ge=0.0)  # paper Eq.10; released code: 1.0
     relevance: float = Field(1.0, ge=0.0)  # paper Eq.10; released code: 1.0
@@ -189,4 +190,64 @@ class StreamrlConfig(Section):
     def _check(self) -> StreamrlConfig:
         if self.kafka.heartbeat_interval_ms * 3 > self.kafka.session_timeout_ms:
             raise ValueError("kafka.heartbeat_interval_ms must be at most a third of session_timeout_ms")
+        return self
+
+
+# -- reward weights and promotions (configs/rewards.yaml; versioned by rewards/weights.py) ----------
+
+
+class PromotionMatch(Section):
+    """Which items a promotion covers: any of the listed merchants, items or category prefixes."""
+
+    merchant_ids: list[str] = []
+    item_ids: list[str] = []
+    category_prefix: list[str] = []  # e.g. [apparel, knit]: items whose category path starts so
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> PromotionMatch:
+        if not (self.merchant_ids or self.item_ids or self.category_prefix):
+            raise ValueError("match is empty: give merchant_ids, item_ids or category_prefix")
+        return self
+
+
+class PromotionBonus(Section):
+    """Added to the named reward components (unweighted) of matching items (paper §4.4: +1 relevance)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    click_order: float = 0.0
+    ctr: float = 0.0
+    relevance: float = 0.0
+
+
+class Promotion(Section):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")  # names metrics: no spaces
+    match: PromotionMatch
+    bonus: PromotionBonus
+    start: AwareDatetime  # active from start (inclusive) to end (exclusive), on the record's event time
+    end: AwareDatetime
+
+    @model_validator(mode="after")
+    def _window(self) -> Promotion:
+        if self.end <= self.start:
+            raise ValueError(f"promotion {self.name!r}: end {self.end} is not after start {self.start}")
+        return self
+
+
+class RewardsFile(Section):
+    """The operator's live reward file: weights of Eq.10, w_item of Eq.17, C&O values, promotions."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    weights: RewardWeightsConfig = RewardWeightsConfig()
+    w_item: float = Field(1.0, ge=0.0)
+    v_click: float = Field(3.0, ge=0.0)
+    v_order: float = Field(4.0, ge=0.0)
+    promotions: list[Promotion] = []
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> RewardsFile:
+        names = [p.name for p in self.promotions]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"promotion names must be unique: {sorted(dup)}")
         return self

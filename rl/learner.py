@@ -36,8 +36,9 @@ import torch
 
 from configs.schema import LearnConfig
 from rewards.ctr import CtrPrior, CtrTable
-from rewards.item import Components, RewardWeights
+from rewards.item import Components
 from rewards.relevance import RelevanceSource, make_relevance
+from rewards.weights import ItemInfo, RewardPolicy, default_policy
 from rl.advantages import grpo_advantages, tpma_advantages
 from rl.loss import grpo_loss, tpma_grpo_loss
 from rl.policy import SidVocab, format_prompt, rollout, sequence_logp
@@ -76,6 +77,8 @@ class Learner:
         catalog_category: Mapping[str, tuple[str, ...]],
         seed: int = 0,
         relevance: RelevanceSource | None = None,
+        merchants: Mapping[str, str] | None = None,
+        policy: RewardPolicy | None = None,
     ) -> None:
         self.cfg = cfg
         self.device = pick_device(cfg.device)
@@ -92,7 +95,10 @@ class Learner:
         )
         level_sizes = [*book.levels, *([book.unique[1]] * book.unique[0])]
         self.vocab = SidVocab(tok, level_sizes, list(book.sids.values()))
-        self.weights = RewardWeights(cfg.rewards.click_order, cfg.rewards.ctr, cfg.rewards.relevance)
+        # reward weights, C&O values and promotions in force (rewards/weights.py); version 0 = config
+        self.policy = policy or default_policy(cfg.rewards, cfg.w_item, 3.0, 4.0)
+        merchants = merchants or {}
+        self.info = {i: ItemInfo(merchants.get(i, ""), tuple(c)) for i, c in catalog_category.items()}
         self.ctr = CtrTable(CtrPrior())
         self.rng = random.Random(seed)
         self.gen = torch.Generator().manual_seed(seed)
@@ -131,10 +137,14 @@ class Learner:
         return Batch(prompts, targets, records)
 
     # -- rewards -----------------------------------------------------------------------------
-    def components(self, rec: Record, sids: list[tuple[int, ...]]) -> list[Components | None]:
-        """Reward components of each generated SID for one request: from the record for an item it
-        showed; else C&O 0, CTR from the learner's posterior table and relevance from the source
-        (asked once per request). `None`: the SID is no real item and earns no item reward."""
+    def components(
+        self, rec: Record, sids: list[tuple[int, ...]]
+    ) -> list[tuple[Components, list[str]] | None]:
+        """Reward components of each generated SID for one request, with the names of the promotions
+        that added to them: from the record for an item it showed (C&O from its click/order flags at
+        the C&O values in force); else C&O 0, CTR from the learner's posterior table and relevance from
+        the source (asked once per request); plus the bonuses of promotions active at the request's
+        event time. `None`: the SID is no real item and earns no item reward."""
         items = [self.by_sid.get(sid) for sid in sids]
         shown = {it["item_id"]: it for it in rec["items"]}
         outside = sorted({i for i in items if i is not None and i not in shown})
@@ -148,15 +158,19 @@ class Learner:
             ]
             tiers = dict(zip(outside, self.relevance.tiers(rec["query"], outside, refs), strict=True))
             ctrs = dict(zip(outside, self.ctr.score(rec["query"], outside, rec["ts_ms"]), strict=True))
-        out: list[Components | None] = []
+        out: list[tuple[Components, list[str]] | None] = []
+        policy = self.policy
         for item in items:
             if item is None:
                 out.append(None)
-            elif item in shown:
+                continue
+            if item in shown:
                 it = shown[item]
-                out.append(Components(it["co_score"], it["ctr"], max(it["rel_tier"], 0)))
+                co = policy.co(it["clicked"], it["ordered"])
+                base = Components(co, it["ctr"], max(it["rel_tier"], 0))
             else:
-                out.append(Components(0.0, ctrs[item], tiers[item]))
+                base = Components(0.0, ctrs[item], tiers[item])
+            out.append(policy.promote(base, item, self.info.get(item), rec["ts_ms"]))
         return out
 
     @contextlib.contextmanager
@@ -216,30 +230,39 @@ class Learner:
         return StepStats(stats)
 
     def _rewards(self, batch: Batch, codes: torch.Tensor) -> tuple[torch.Tensor, dict[str, float], float]:
-        G = self.cfg.group_size
-        out, sums, valid = [], {"co": 0.0, "ctr": 0.0, "rel": 0.0}, 0
+        """Item rewards [B*G] and their statistics: each component's mean over real-item rollouts,
+        unweighted and weighted, and the same for the rollouts that promoted items (`promoted_*`)."""
+        G, w = self.cfg.group_size, self.policy.weights
         rows = [tuple(r) for r in codes.tolist()]
         comps = [
             c for b, rec in enumerate(batch.records) for c in self.components(rec, rows[b * G : (b + 1) * G])
         ]
-        for comp in comps:
-            if comp is None:
+        out: list[float] = []
+        sums = {"": [0.0, 0.0, 0.0], "promoted_": [0.0, 0.0, 0.0]}
+        counts = {"": 0, "promoted_": 0}
+        by_promo: dict[str, int] = {}
+        for entry in comps:
+            if entry is None:
                 out.append(0.0)
                 continue
-            valid += 1
-            sums["co"] += comp.co
-            sums["ctr"] += comp.ctr
-            sums["rel"] += comp.rel
-            out.append(comp.weighted(self.weights))
-        k = max(valid, 1)
-        stats = {f"reward_{name}": v / k for name, v in sums.items()}
-        stats.update(
-            {
-                f"reward_{name}_weighted": v / k * getattr(self.weights, attr)
-                for (name, v), attr in zip(sums.items(), ("click_order", "ctr", "relevance"), strict=True)
-            }
-        )
-        return torch.tensor(out), stats, valid / max(len(out), 1)
+            comp, promos = entry
+            out.append(comp.weighted(w))
+            for key in ("", "promoted_") if promos else ("",):
+                counts[key] += 1
+                for n, v in enumerate((comp.co, comp.ctr, comp.rel)):
+                    sums[key][n] += v
+            for name in promos:
+                by_promo[name] = by_promo.get(name, 0) + 1
+        stats: dict[str, float] = {"weights_version": float(self.policy.version)}
+        for key, (co, ctr, rel) in sums.items():
+            k = max(counts[key], 1)
+            for name, v, wt in (("co", co, w.click_order), ("ctr", ctr, w.ctr), ("rel", rel, w.relevance)):
+                stats[f"{key}reward_{name}"] = v / k
+                stats[f"{key}reward_{name}_weighted"] = v / k * wt
+        stats["promoted_share"] = counts["promoted_"] / max(len(out), 1)
+        for name, n in by_promo.items():
+            stats[f"promoted_share.{name}"] = n / max(len(out), 1)
+        return torch.tensor(out), stats, counts[""] / max(len(out), 1)
 
     def _tpma(
         self, batch: Batch, codes: torch.Tensor, rewards: torch.Tensor
@@ -253,7 +276,7 @@ class Learner:
                 t,
                 rewards[b * G : (b + 1) * G].numpy(),
                 tuple(self.cfg.position_weights),
-                self.cfg.w_item,
+                self.policy.w_item,
             )
             advs.append(torch.as_tensor(a, dtype=torch.float32))
             gates.append(torch.as_tensor(g, dtype=torch.float32))

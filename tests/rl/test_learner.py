@@ -27,7 +27,7 @@ def _records() -> list[dict]:
                     "ctr": 0.1,
                     "clicked": clicked,
                     "ordered": clicked and r % 3 == 0,
-                    "co_score": 3.0 if clicked else 0.0,
+                    "co_score": (4.0 if r % 3 == 0 else 3.0) if clicked else 0.0,
                 }
             )
         recs.append(
@@ -107,15 +107,16 @@ def test_components_come_from_the_record_or_the_relevance_source_once_per_reques
     )
     got = learner.components(rec, [sid["i0"], sid["i7"], sid["i1"], sid["i9"], sid["i7"], fake])
     shown0 = rec["items"][0]
-    assert got[0] is not None and (got[0].co, got[0].ctr, got[0].rel) == (
+    assert got[0] is not None and got[0][1] == []  # no promotions in force
+    assert (got[0][0].co, got[0][0].ctr, got[0][0].rel) == (
         shown0["co_score"],
         shown0["ctr"],
         shown0["rel_tier"],
     )
-    assert got[2] is not None and got[2].rel == rec["items"][1]["rel_tier"]  # shown: the record's tier
+    assert got[2] is not None and got[2][0].rel == rec["items"][1]["rel_tier"]  # shown: the record's tier
     for n in (1, 3, 4):  # not shown: C&O 0, the source's tier, a clipped posterior CTR
         c = got[n]
-        assert c is not None and c.co == 0.0 and c.rel == 3 and 0.0 < c.ctr < 1.0
+        assert c is not None and c[0].co == 0.0 and c[0].rel == 3 and 0.0 < c[0].ctr < 1.0
     assert got[5] is None  # no real item: no item reward
     assert source.calls == [(rec["query"], ["i7", "i9"])]  # one call, each outside item once
 
@@ -145,3 +146,33 @@ def test_a_local_pretrained_model_gets_sid_tokens_and_trains(tmp_path) -> None: 
     model.save_pretrained(tmp_path / "trained")
     again = AutoModelForCausalLM.from_pretrained(tmp_path / "trained", local_files_only=True)
     assert again.get_input_embeddings().num_embeddings == len(tok2)
+
+
+def test_a_promotion_adds_its_bonus_and_is_logged_separately(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from configs.schema import RewardWeightsConfig
+    from rewards.weights import WeightsStore, default_policy
+
+    store = WeightsStore(tmp_path, default_policy(RewardWeightsConfig(), 1.0, 3.0, 4.0))
+    policy = store.apply(
+        "promotions:\n"
+        "  - {name: fest, match: {merchant_ids: [m7]}, bonus: {relevance: 1.0},\n"
+        "     start: 1970-01-01T00:00:00Z, end: 1970-01-02T00:00:00Z}\n",
+        "alice",
+        "test",
+    )
+    ids = [f"i{n}" for n in range(10)]
+    learner, _ = _tiny_learner(relevance=_Recording(), merchants={i: f"m{i[1:]}" for i in ids}, policy=policy)
+    rec = _records()[0]  # ts_ms 1000: inside the window
+    got = learner.components(rec, [learner.book.sids["i7"], learner.book.sids["i6"]])
+    assert got[0] is not None and got[0][1] == ["fest"] and got[0][0].rel == 4  # 3 from the source + 1
+    assert got[1] is not None and got[1][1] == [] and got[1][0].rel == 3
+    later = dict(rec, ts_ms=86_400_000)  # the end is exclusive
+    assert learner.components(later, [learner.book.sids["i7"]])[0][1] == []  # type: ignore[index]
+    recs = _records()
+    learner.observe(recs)
+    stats = learner.step(learner.make_batch([r for r in recs if learner.usable(r)][:4]))
+    v = stats.values
+    assert v["weights_version"] == 1.0 and 0.0 <= v["promoted_share"] <= 1.0
+    assert {"promoted_reward_rel", "promoted_reward_rel_weighted", "reward_rel_weighted"} <= set(v)
+    if v["promoted_share"] > 0:
+        assert v["promoted_reward_rel"] == 4.0 and v["promoted_share.fest"] == v["promoted_share"]
