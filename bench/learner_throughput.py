@@ -27,7 +27,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from configs import load_config
-from rl.offline import load_records, new_learner
+from rl.checkpointing import new_learner
+from rl.offline import load_records
 from rl.policy import sid_token
 
 
@@ -35,7 +36,7 @@ def bench_streamrl(train: Path, sids: Path, args: argparse.Namespace) -> tuple[f
     cfg = load_config(
         overrides=[f"learn.batch_prompts={args.batch}", f"learn.group_size={args.group}", "learn.device=cpu"]
     ).learn
-    learner, _ = new_learner(cfg, sids, args.seed)
+    learner = new_learner(cfg, sids, args.seed)
     records = load_records(train)
     learner.observe(records)
     usable = [r for r in records if learner.usable(r)]
@@ -59,9 +60,7 @@ def bench_trl(learner: Any, cfg: Any, prompts: list[str], args: argparse.Namespa
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from rl.offline import new_learner as fresh
-
-    twin, _ = fresh(cfg, args.sids, args.seed)  # same seed: the same initial weights as ours
+    twin = new_learner(cfg, args.sids, args.seed)  # same seed: the same initial weights as ours
     model, tok = twin.model, twin.tok
     L = learner.vocab.L
     token_to_level = {

@@ -20,11 +20,11 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from configs import load_config
+from rl.checkpointing import load_for_inference, resolve
 from rl.encoders import HashEncoder
 from rl.evaluate import evaluate
-from rl.offline import level_sizes, load_records, run_offline
-from rl.policy import SidVocab
-from rl.sid import SidCodebook, load_codebook, save_codebook
+from rl.offline import load_records, run_offline
+from rl.sid import SidCodebook, save_codebook
 from sim.output import TruthWriter, to_file
 from sim.simulate import Simulator
 from sim.world import build_world, load_world_config
@@ -59,8 +59,6 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval", type=int, default=150, help="held-out records evaluated")
     args = ap.parse_args()
-    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
-
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         train, test, sids = prepare(tmp, args.requests, args.seed)
@@ -75,10 +73,7 @@ def main() -> None:
             cfg = load_config(overrides=[f"learn.algo={'sft' if algo == 'untrained' else algo}"])
             out = tmp / algo
             summary = run_offline(cfg.learn, train, sids, steps, out, args.seed, log_every=10**9)
-            model = AutoModelForCausalLM.from_pretrained(str(out), local_files_only=True)
-            tok = PreTrainedTokenizerFast.from_pretrained(str(out), local_files_only=True)
-            book, _ = load_codebook(out)
-            vocab = SidVocab(tok, level_sizes(book), list(book.sids.values()))
+            model, tok, book, vocab = load_for_inference(resolve(out))
             result = evaluate(model, tok, book, vocab, held_out, k=10, beam=32)
             rows.append(
                 {

@@ -170,7 +170,65 @@ class LearnConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     buffer_size: int = Field(20_000, ge=1)  # ops: streaming: recent records kept for sampling
     buffer_max_age_s: float = Field(3600.0, gt=0)  # ops: streaming: records older (event time) leave
-    checkpoint_every_steps: int = Field(50, ge=1)  # ops: streaming: save + commit cadence
+    run_dir: str = "runs/local/learner"  # ops: checkpoints/, heldout.parquet (`--out` overrides)
+
+
+class CheckpointConfig(Section):
+    """When the streaming learner saves (then commits its offsets); issue #5. Either trigger saves."""
+
+    every_steps: int | None = Field(50, ge=1)  # ops: steps between checkpoints; null = time only
+    every_s: float | None = Field(60.0, gt=0.0)  # ops: seconds between checkpoints; null = steps only
+    keep_last: int = Field(5, ge=1)  # ops: retention; every pushed checkpoint is kept as well
+
+
+class PushConfig(Section):
+    """Scheduled pushes to serving through the gate (checkpoints/push.py); issue #5."""
+
+    enabled: bool = True  # ops: the learner schedules pushes (`streamrl push` works either way)
+    every_s: float | None = Field(120.0, gt=0.0)  # ops: push period; ignored when cron is set
+    cron: str | None = None  # ops: crontab string (5 fields, UTC), e.g. "*/10 * * * *"
+    max_regression: float = Field(0.02, ge=0.0)  # ops: absolute held-out HR@10 drop refused
+    heldout_percent: float = Field(5.0, ge=0.0, lt=100.0)  # ops: engaged records kept aside (by request)
+    heldout_max: int = Field(500, ge=1)  # ops: newest held-out records kept for the gate
+    eval_records: int = Field(200, ge=1)  # ops: held-out records evaluated per model at a push
+    eval_beam: int = Field(16, ge=1)  # ops: beam width of the gate's evaluation (top-10 from it)
+    notify_url: str | None = None  # ops: POST here after a push, e.g. http://127.0.0.1:8500/reload
+    verify_timeout_s: float = Field(10.0, gt=0.0)  # ops: wait for the server to report the version
+
+    @model_validator(mode="after")
+    def _trigger(self) -> PushConfig:
+        if self.enabled and self.every_s is None and not self.cron:
+            raise ValueError("push.enabled needs push.every_s or push.cron")
+        if self.cron:
+            from apscheduler.triggers.cron import CronTrigger
+
+            try:
+                CronTrigger.from_crontab(self.cron)
+            except ValueError as exc:
+                raise ValueError(f"push.cron {self.cron!r}: {exc}") from exc
+        return self
+
+
+class ServingConfig(Section):
+    """The serving layout and the reference server (`streamrl serve`); issue #5."""
+
+    root: str = "runs/local/serving"  # ops: SERVING_ROOT
+    model: str = "default"  # ops: SERVING_ROOT/MODEL
+    host: str = "127.0.0.1"  # security: loopback unless configured
+    port: int = Field(8500, ge=0, le=65535)  # ops: 0 = any free port
+    beam: int = Field(32, ge=1)  # ops: beam width of /search (results are the top k of it)
+    max_k: int = Field(100, ge=1)  # ops: request bounds
+    max_history: int = Field(50, ge=0)
+    max_query_chars: int = Field(512, ge=1)
+    max_body_bytes: int = Field(65536, ge=256)
+    poll_s: float = Field(0.5, gt=0.0)  # ops: how often the server re-reads policy.json and versions
+
+
+class WeightsConfig(Section):
+    """The versioned reward weights store (rewards/weights.py); issue #5."""
+
+    dir: str = "runs/local/weights"  # ops
+    poll_s: float = Field(1.0, gt=0.0)  # ops: the learner re-reads current.json at most this often
 
 
 class MetricsConfig(Section):
@@ -184,6 +242,10 @@ class StreamrlConfig(Section):
     joiner: JoinerConfig = JoinerConfig()
     archive: ArchiveConfig = ArchiveConfig()
     learn: LearnConfig = LearnConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    push: PushConfig = PushConfig()
+    serving: ServingConfig = ServingConfig()
+    weights: WeightsConfig = WeightsConfig()
     metrics: MetricsConfig = MetricsConfig()
 
     @model_validator(mode="after")

@@ -29,6 +29,7 @@ import math
 import random
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -105,6 +106,8 @@ class Learner:
         self.opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.steps = 0
         self.skipped = 0
+        self.codebook_dir: Path = Path(".")  # where the codebook files came from (checkpoints copy them)
+        self.resets_done: set[str] = set()  # rollback --reset-learner requests already honoured
 
     # -- data --------------------------------------------------------------------------------
     def observe(self, records: list[Record]) -> None:

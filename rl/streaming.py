@@ -1,85 +1,254 @@
-"""`streamrl learn --sids DIR --out RUN_DIR` without `--records`: the learner on the live rewards topic.
+"""`streamrl learn --sids DIR [--out RUN_DIR]` without `--records`: the learner on the live rewards topic.
 
-setup → loop → shutdown. The loop reads records through `RewardReader` (each request once) into a
-bounded buffer of recent records (at most `learn.buffer_size`, none older than `buffer_max_age_s` of
-event time behind the newest), samples B prompts once the buffer holds B, takes one step and logs
-its metrics as a JSON line. Every `checkpoint_every_steps` it writes the checkpoint, then commits the
-reader's offsets (offsets never run ahead of saved training). SIGTERM finishes the step, saves,
-commits and exits 0. Resuming a run from its checkpoint is the checkpoint store's job (issue #5);
-until then a restart continues from the committed offsets with a fresh model.
+setup → loop → shutdown.
+
+Setup: resume from the newest checkpoint in RUN_DIR/checkpoints that verifies (a corrupt one is
+skipped with a log line), else a fresh policy; start the scheduler (apscheduler, coalesce,
+max_instances=1, misfire grace = the period): a checkpoint tick every `checkpoint.every_s` and a
+push every `push.every_s` (or `push.cron`).
+
+Loop, one iteration = one step boundary:
+ 1. the reward weights in force (rewards/weights.py; a new version applies from this step);
+ 2. a `rollback --reset-learner` request not yet honoured: continue from that version's checkpoint
+    (the step counter keeps counting up, so checkpoints never collide);
+ 3. read records (each request once); `push.heldout_percent` of engaged requests, chosen by a hash
+    of request_id, go to the held-out set the push gate evaluates on and are never trained on; the
+    rest feed the CTR table and a bounded buffer (`learn.buffer_size`, none older than
+    `buffer_max_age_s` of event time behind the newest);
+ 4. once the buffer holds B prompts: sample B, one step, one JSON line of metrics (with
+    weights_version);
+ 5. checkpoint when `checkpoint.every_steps` steps or the time tick have passed: write it (atomic,
+    with offsets and weights version in the manifest), write the held-out set, then commit offsets
+    (offsets never run ahead of saved training), then apply retention.
+SIGTERM: finish the step, checkpoint, commit, stop the scheduler, exit 0.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
 import threading
+import time
 from collections import deque
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
+from checkpoints.push import push
+from checkpoints.serving import ServingError, ServingRoot
+from checkpoints.store import CheckpointError, CheckpointStore
 from configs.schema import StreamrlConfig
-from rl.learner import Learner
-from rl.offline import new_learner, save_checkpoint
+from rewards.weights import WeightsStore, WeightsWatcher, default_policy
+from rl.checkpointing import new_learner, save
+from rl.gate import heldout_evaluator
 from stream.kafka_io import RewardReader
+from stream.records import RECORD_SCHEMA, write_parquet_atomic
 
 log = logging.getLogger("streamrl.learner")
+HELDOUT = "heldout.parquet"
+
+
+def weights_store(cfg: StreamrlConfig) -> WeightsStore:
+    lc = cfg.learn
+    return WeightsStore(
+        Path(cfg.weights.dir), default_policy(lc.rewards, lc.w_item, cfg.join.v_click, cfg.join.v_order)
+    )
+
+
+def is_heldout(request_id: str, percent: float) -> bool:
+    h = int.from_bytes(hashlib.blake2b(request_id.encode(), digest_size=8).digest(), "little")
+    return (h % 10_000) < percent * 100
+
+
+class StreamingLearner:
+    def __init__(self, cfg: StreamrlConfig, sids_dir: Path, run_dir: Path, seed: int = 0) -> None:
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.sids_dir = sids_dir
+        self.seed = seed
+        self.store = CheckpointStore(run_dir)
+        self.serving = ServingRoot(Path(cfg.serving.root), cfg.serving.model)
+        self.watcher = WeightsWatcher(weights_store(cfg), log, cfg.weights.poll_s)
+        latest = self.store.latest_valid()
+        self.learner = new_learner(
+            cfg.learn,
+            sids_dir,
+            seed,
+            init_from=latest[0].path if latest else None,
+            policy=self.watcher.policy,
+        )
+        if latest:
+            log.info("resumed from checkpoint %d (%s)", latest[0].step, latest[0].path)
+        self.buffer: deque[dict[str, Any]] = deque(maxlen=cfg.learn.buffer_size)
+        self.heldout: deque[dict[str, Any]] = deque(maxlen=cfg.push.heldout_max)
+        self.rng = random.Random(seed)
+        self.newest = 0
+        self.last_saved_step = self.learner.steps
+        self.tick = threading.Event()  # the scheduler's checkpoint tick
+        self.last_metrics: dict[str, float] = {}
+        self.last_push: dict[str, Any] | None = None
+        self._next_reset_check = 0.0
+
+    # -- the scheduler -----------------------------------------------------------------------
+    def start_scheduler(self) -> Any:
+        from apscheduler.schedulers.background import BackgroundScheduler
+        from apscheduler.triggers.cron import CronTrigger
+        from apscheduler.triggers.interval import IntervalTrigger
+
+        sched = BackgroundScheduler(timezone="UTC")
+        ck = self.cfg.checkpoint
+        if ck.every_s:
+            sched.add_job(
+                self.tick.set,
+                IntervalTrigger(seconds=ck.every_s),
+                id="checkpoint",
+                coalesce=True,
+                max_instances=1,
+                misfire_grace_time=max(int(ck.every_s), 1),
+            )
+        pc = self.cfg.push
+        if pc.enabled:
+            trigger: Any = CronTrigger.from_crontab(pc.cron, timezone="UTC") if pc.cron else None
+            period = 3600 if pc.cron else int(pc.every_s or 60)
+            sched.add_job(
+                self.scheduled_push,
+                trigger or IntervalTrigger(seconds=pc.every_s),
+                id="push",
+                coalesce=True,
+                max_instances=1,
+                misfire_grace_time=max(period, 1),
+            )
+        sched.start()
+        return sched
+
+    def scheduled_push(self) -> None:
+        pc = self.cfg.push
+        try:
+            result = push(
+                self.store,
+                self.serving,
+                evaluate=heldout_evaluator(
+                    self.run_dir / HELDOUT, pc.eval_records, pc.eval_beam, self.cfg.learn
+                ),
+                max_regression=pc.max_regression,
+                scheduled=True,
+                notify_url=pc.notify_url,
+                verify_timeout_s=pc.verify_timeout_s,
+            )
+            self.last_push = result.as_dict()
+            log.info("scheduled push: %s", json.dumps(result.as_dict()))
+        except Exception:
+            log.exception("scheduled push failed")
+
+    # -- the loop ----------------------------------------------------------------------------
+    def run(self, reader: RewardReader, stop: threading.Event, max_steps: int | None = None) -> int:
+        lc, ck = self.cfg.learn, self.cfg.checkpoint
+        taken = 0
+        while not stop.is_set() and (max_steps is None or taken < max_steps):
+            self.learner.policy = self.watcher.poll()  # 1
+            self._maybe_reset()  # 2
+            learner = self.learner
+            self._read(reader.poll(200))  # 3
+            if len(self.buffer) >= lc.batch_prompts:  # 4
+                stats = learner.step(learner.make_batch(self.rng.sample(list(self.buffer), lc.batch_prompts)))
+                self.last_metrics = stats.values
+                taken += 1
+                line = {"step": learner.steps, "skipped_total": learner.skipped, "buffer": len(self.buffer)}
+                print(json.dumps({**line, "heldout": len(self.heldout), **stats.values}), flush=True)
+            due = ck.every_steps is not None and learner.steps - self.last_saved_step >= ck.every_steps
+            if (due or self.tick.is_set()) and learner.steps > self.last_saved_step:  # 5
+                self.checkpoint(reader)
+        if self.learner.steps > self.last_saved_step or not self.store.checkpoints():
+            self.checkpoint(reader)
+        return 0
+
+    def _read(self, records: list[dict[str, Any]]) -> None:
+        lc, pc = self.cfg.learn, self.cfg.push
+        train = []
+        for r in records:
+            engaged = any(i["clicked"] or i["ordered"] for i in r["items"])
+            if engaged and pc.heldout_percent and is_heldout(r["request_id"], pc.heldout_percent):
+                self.heldout.append(r)
+            else:
+                train.append(r)
+        self.learner.observe(train)
+        self.buffer.extend(r for r in train if self.learner.usable(r))
+        self.newest = max([self.newest, *(r["ts_ms"] for r in records)])
+        while self.buffer and self.buffer[0]["ts_ms"] < self.newest - lc.buffer_max_age_s * 1000:
+            self.buffer.popleft()
+
+    def checkpoint(self, reader: RewardReader) -> None:
+        """1. checkpoint (atomic); 2. the held-out set; 3. commit offsets; 4. retention."""
+        self.tick.clear()
+        path = save(self.store, self.learner, reader.positions(), self.last_metrics)
+        if self.heldout:
+            table = pa.Table.from_pylist(list(self.heldout), schema=RECORD_SCHEMA)
+            write_parquet_atomic(table, self.run_dir / HELDOUT)
+        reader.commit()
+        self.last_saved_step = self.learner.steps
+        try:
+            keep = self.serving.pushed_steps()
+        except (OSError, ValueError):
+            keep = set()
+        self.store.retain(self.cfg.checkpoint.keep_last, keep)
+        log.info("checkpoint at step %d in %s", self.learner.steps, path)
+
+    def _maybe_reset(self) -> None:
+        now = time.monotonic()
+        if now < self._next_reset_check:
+            return
+        self._next_reset_check = now + 1.0
+        try:
+            policy = self.serving.policy()
+        except ServingError as exc:
+            log.error("cannot read serving policy: %s", exc)
+            return
+        rid = policy.get("request_id")
+        if (
+            policy.get("mode") != "pinned"
+            or not policy.get("reset_learner")
+            or rid in self.learner.resets_done
+        ):
+            return
+        version = int(policy["version"])
+        old = self.learner
+        try:
+            fresh = new_learner(
+                self.cfg.learn,
+                self.sids_dir,
+                self.seed,
+                init_from=self.serving.version_path(version),
+                policy=self.watcher.policy,
+            )
+        except (CheckpointError, OSError, ValueError) as exc:
+            log.error("reset to version %d refused, continuing as before: %s", version, exc)
+            old.resets_done.add(str(rid))
+            return
+        fresh.steps = max(old.steps, fresh.steps)  # checkpoint steps only grow
+        fresh.resets_done = {*old.resets_done, str(rid)}
+        fresh.ctr = old.ctr  # what the stream taught about CTR is not undone by a rollback
+        self.learner = fresh
+        self.serving.record("learner_reset", version=version, step=fresh.steps, request_id=rid)
+        log.warning("learner reset to serving version %d (request %s)", version, rid)
 
 
 def run_streaming(
     cfg: StreamrlConfig,
     sids_dir: Path,
-    out: Path,
+    out: Path | None,
     stop: threading.Event,
     max_steps: int | None = None,
     seed: int = 0,
 ) -> int:
-    lc = cfg.learn
-    learner, _ = new_learner(lc, sids_dir, seed)
-    model, tok = learner.model, learner.tok
+    run_dir = out or Path(cfg.learn.run_dir)
+    sl = StreamingLearner(cfg, sids_dir, run_dir, seed)
     reader = RewardReader(cfg.kafka, cfg.kafka.learn_group)
-    buffer: deque[dict[str, Any]] = deque(maxlen=lc.buffer_size)
-    rng = random.Random(seed)
-    newest = 0
+    sched = sl.start_scheduler()
     try:
-        while not stop.is_set() and (max_steps is None or learner.steps < max_steps):
-            records = reader.poll(200)
-            learner.observe(records)
-            buffer.extend(r for r in records if learner.usable(r))
-            newest = max([newest, *(r["ts_ms"] for r in records)])
-            while buffer and buffer[0]["ts_ms"] < newest - lc.buffer_max_age_s * 1000:
-                buffer.popleft()
-            if len(buffer) < lc.batch_prompts:
-                continue
-            stats = learner.step(learner.make_batch(rng.sample(list(buffer), lc.batch_prompts)))
-            print(
-                json.dumps(
-                    {
-                        "step": learner.steps,
-                        "skipped_total": learner.skipped,
-                        "buffer": len(buffer),
-                        **stats.values,
-                    }
-                ),
-                flush=True,
-            )
-            if learner.steps % lc.checkpoint_every_steps == 0:
-                _save(model, tok, sids_dir, out, learner, reader)
+        return sl.run(reader, stop, max_steps)
     finally:
-        _save(model, tok, sids_dir, out, learner, reader)
+        sched.shutdown(wait=True)
         reader.close()
-    return 0
-
-
-def _save(model: Any, tok: Any, sids_dir: Path, out: Path, learner: Learner, reader: RewardReader) -> None:
-    """1. write the checkpoint (temp folder → rename); 2. then commit what it has learned from."""
-    save_checkpoint(
-        model,
-        tok,
-        sids_dir,
-        out / "latest",
-        {"summary": {"steps": learner.steps, "skipped": learner.skipped}},
-    )
-    reader.commit()
-    log.info("checkpoint at step %d in %s", learner.steps, out / "latest")

@@ -245,5 +245,13 @@ class RewardReader:
     def commit(self) -> None:
         self.consumer.commit()
 
+    def positions(self) -> dict[str, dict[int, int]]:
+        """Next offset to read per assigned partition (what a checkpoint has consumed)."""
+        return {
+            self.topic: {
+                tp.partition: self.consumer.position(tp) for tp in sorted(self.consumer.assignment())
+            }
+        }
+
     def close(self) -> None:
         self.consumer.close(autocommit=False)

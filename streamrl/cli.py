@@ -326,7 +326,9 @@ def sids_build(
 @app.command()
 def learn(
     sids: Annotated[Path, typer.Option(help="A `streamrl sids build` folder.")],
-    out: Annotated[Path, typer.Option(help="Run folder for checkpoints.")],
+    out: Annotated[
+        Path | None, typer.Option(help="Run folder: RUN_DIR/checkpoints/<step>/ (default learn.run_dir).")
+    ] = None,
     records: Annotated[
         Path | None,
         typer.Option(
@@ -335,11 +337,15 @@ def learn(
     ] = None,
     steps: Annotated[int | None, typer.Option(help="Optimiser steps (streaming: at most).")] = None,
     algo: Annotated[str | None, typer.Option(help="tpma | grpo | sft")] = None,
+    weights: Annotated[
+        Path | None, typer.Option(help="Offline: a rewards file (weights, promotions) instead of version 0.")
+    ] = None,
     seed: int = 0,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
     """The learner: on the live rewards topic, or offline on replayed records (--records)."""
+    from rewards.weights import RewardPolicy, WeightsError, parse_rewards
     from rl.offline import run_offline
 
     cfg = _config(config, [*(set_ or []), *([f"learn.algo={algo}"] if algo else [])])
@@ -351,17 +357,24 @@ def learn(
     if steps is None:
         console.print("[red]offline learning needs --steps[/red]")
         raise typer.Exit(2)
+    policy = None
     try:
-        summary = run_offline(cfg.learn, records, sids, steps, out, seed)
-    except (ValueError, OSError) as exc:
+        if weights is not None:
+            policy = RewardPolicy(parse_rewards(weights.read_text(encoding="utf-8"), str(weights)), 0)
+        summary = run_offline(
+            cfg.learn, records, sids, steps, out or Path(cfg.learn.run_dir), seed, policy=policy
+        )
+    except (ValueError, OSError, WeightsError) as exc:
         console.print(f"[red]refused:[/red] {exc}")
         raise typer.Exit(2) from None
-    console.print(f"checkpoint in {out}: {json.dumps(summary)}")
+    console.print(f"checkpoint {summary['checkpoint']}: {json.dumps(summary)}")
 
 
 @app.command("eval")
 def eval_cmd(
-    checkpoint: Annotated[Path, typer.Option(help="A `streamrl learn` output folder.")],
+    checkpoint: Annotated[
+        Path, typer.Option(help="A checkpoint or served version folder, or a run folder (its newest valid).")
+    ],
     records: Annotated[Path, typer.Option(help="Parquet records to evaluate on.")],
     k: int = 10,
     beam: int = 32,
@@ -369,17 +382,16 @@ def eval_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """HR@K / MRR@K by constrained beam search, and the valid-SID rate of free decoding."""
-    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
-
+    from checkpoints.store import CheckpointError
+    from rl.checkpointing import load_for_inference, resolve
     from rl.evaluate import evaluate
-    from rl.offline import level_sizes, load_records
-    from rl.policy import SidVocab
-    from rl.sid import load_codebook
+    from rl.offline import load_records
 
-    model = AutoModelForCausalLM.from_pretrained(str(checkpoint), local_files_only=True)
-    tok = PreTrainedTokenizerFast.from_pretrained(str(checkpoint), local_files_only=True)
-    book, _ = load_codebook(checkpoint)
-    vocab = SidVocab(tok, level_sizes(book), list(book.sids.values()))
+    try:
+        model, tok, book, vocab = load_for_inference(resolve(checkpoint))
+    except (CheckpointError, OSError) as exc:
+        console.print(f"[red]refused:[/red] {exc}")
+        raise typer.Exit(2) from None
     result = evaluate(model, tok, book, vocab, load_records(records)[:limit], k, beam)
     print(json.dumps(result) if as_json else result)
 
@@ -395,6 +407,9 @@ def demo(
 
     _logging("WARNING")
     raise typer.Exit(run_demo(duration, requests_per_s, out, console, _stop_on_signals()))
+
+
+from streamrl import ops_cli  # noqa: E402,F401 - registers serve, push, rollback, checkpoints, weights
 
 
 def main() -> None:  # pragma: no cover

@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("stream", "rewards", "rl", "checkpoints", "configs", "streamrl", "sim")
+PACKAGES = ("stream", "rewards", "rl", "checkpoints", "configs", "streamrl", "sim", "serving")
 
 
 def imports(package: str) -> dict[str, set[str]]:
@@ -25,7 +25,15 @@ def imports(package: str) -> dict[str, set[str]]:
 def test_nothing_imports_rl_or_the_cli() -> None:
     for package in ("stream", "rewards", "checkpoints", "configs", "sim"):
         for module, names in imports(package).items():
-            assert not names & {"rl", "streamrl"}, module
+            assert not names & {"rl", "streamrl", "serving"}, module
+    for module, names in imports("rl").items():
+        assert not names & {"streamrl", "serving"}, module
+
+
+def test_checkpoints_know_no_model_code() -> None:
+    """The store, serving layout and gate handle folders and files; model evaluation is injected."""
+    for module, names in imports("checkpoints").items():
+        assert not names & {"transformers", "kafka", "stream"}, module
 
 
 def test_rewards_is_pure() -> None:

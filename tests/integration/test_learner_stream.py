@@ -15,13 +15,14 @@ import pytest
 from tiny_world import TINY_LEARN, build_tiny_world
 from transformers import AutoModelForCausalLM
 
+from checkpoints.store import CheckpointStore, verify
 from configs import StreamrlConfig
 from stream import kafka_io
 
 from .helpers import overrides
 
 pytestmark = pytest.mark.integration
-TINY = [*TINY_LEARN, "learn.checkpoint_every_steps=2"]
+TINY = [*TINY_LEARN, "checkpoint.every_steps=2", "checkpoint.every_s=null", "push.enabled=false"]
 
 
 @pytest.fixture
@@ -50,6 +51,10 @@ def _learn(cfg: StreamrlConfig, tmp: Path, *extra: str) -> list[str]:
         "--out",
         str(tmp / "run"),
         *extra,
+        "--set",
+        f"serving.root={tmp / 'serving'}",
+        "--set",
+        f"weights.dir={tmp / 'weights'}",
     ]
     for o in [*overrides(cfg), *TINY]:
         cmd += ["--set", o]
@@ -64,10 +69,13 @@ def test_streaming_learner_steps_checkpoints_and_commits(
     assert proc.returncode == 0, proc.stderr[-3000:]
     steps = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
     assert [s["step"] for s in steps] == [1, 2, 3] and all(s["buffer"] >= 4 for s in steps)
-    model = AutoModelForCausalLM.from_pretrained(str(tmp / "run" / "latest"), local_files_only=True)
+    store = CheckpointStore(tmp / "run")
+    assert [c.step for c in store.checkpoints()] == [2, 3]  # every 2 steps, and at the end
+    manifest = verify(store.path(3))
+    assert manifest["weights_version"] == 0 and manifest["parent"] == 2
+    assert sum(manifest["offsets"][kafka_cfg.kafka.topics.rewards].values()) > 0
+    model = AutoModelForCausalLM.from_pretrained(str(store.path(3)), local_files_only=True)
     assert model is not None
-    info = json.loads((tmp / "run" / "latest" / "learner.json").read_text())
-    assert info["summary"]["steps"] == 3
     # offsets were committed after the checkpoint: the group has a position on the rewards topic
     consumer = kafka_io.make_consumer(kafka_cfg.kafka, kafka_cfg.kafka.learn_group)
     tp = kafka_io.TopicPartition(kafka_cfg.kafka.topics.rewards, 0)
@@ -87,4 +95,5 @@ def test_sigterm_saves_and_exits_zero(kafka_cfg: StreamrlConfig, world_on_topic:
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
     assert time.monotonic() - start < 30
-    assert (tmp / "run" / "latest" / "model.safetensors").exists()
+    latest = CheckpointStore(tmp / "run").latest_valid()
+    assert latest is not None and latest[0].step >= 1

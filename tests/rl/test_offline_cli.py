@@ -27,8 +27,14 @@ def test_offline_learn_and_eval(tmp_path: Path) -> None:
     )
     logged = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
     assert logged and all(v == v for v in logged[-1].values())  # finite (no NaN)
-    model = AutoModelForCausalLM.from_pretrained(str(out), local_files_only=True)  # HF format
+    ckpt = out / "checkpoints" / "0000000004"  # the store's layout (checkpoints/store.py)
+    model = AutoModelForCausalLM.from_pretrained(str(ckpt), local_files_only=True)  # HF format
     assert model.config.vocab_size > 256
+    manifest = json.loads((ckpt / "manifest.json").read_text())
+    assert manifest["step"] == 4 and manifest["weights_version"] == 0
+    assert {"model.safetensors", "sid_codebook.parquet", "optimizer.pt", "learner_state.json"} <= set(
+        manifest["files"]
+    )
     result = json.loads(
         streamrl(
             "eval",

@@ -1,0 +1,159 @@
+"""A push: the newest (or a named) checkpoint through the gate into the serving layout, then an
+optional notification of the server and a check that it reports the new version.
+
+Gate (issue #5), in order; a refusal is recorded in history.jsonl with its reason and nothing is
+copied:
+ 1. every file matches the manifest's sha256 (a truncated or edited checkpoint is never pushed);
+ 2. every floating-point parameter in the model's safetensors is finite;
+ 3. held-out HR@10 (records the learner kept aside, never trained on) is not more than
+    `max_regression` below that of the version now served, both measured on the same records.
+    Evaluation is injected (`evaluate(folder) -> HR@10 or None`) so this package needs no model code.
+A scheduled push while serving is pinned is held (recorded as `held_push`); a push of a step that
+is already the newest version is skipped without a record.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from checkpoints.serving import ServingRoot
+from checkpoints.store import CheckpointError, CheckpointStore, verify
+
+log = logging.getLogger("streamrl.push")
+Evaluate = Callable[[Path], float | None]
+
+
+@dataclass
+class PushResult:
+    pushed: bool
+    reason: str
+    version: int | None = None
+    step: int | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    notified: bool | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def nonfinite_parameters(folder: Path) -> list[str]:
+    """Names of floating-point tensors in the folder's *.safetensors with a NaN or an infinity."""
+    import torch
+    from safetensors import safe_open
+
+    bad = []
+    for f in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as st:
+            for name in st.keys():  # noqa: SIM118 - safe_open is not a mapping
+                t = st.get_tensor(name)
+                if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                    bad.append(f"{f.name}:{name}")
+    return bad
+
+
+def push(
+    store: CheckpointStore,
+    serving: ServingRoot,
+    *,
+    step: int | None = None,
+    evaluate: Evaluate | None = None,
+    max_regression: float = 0.02,
+    scheduled: bool = False,
+    notify_url: str | None = None,
+    verify_timeout_s: float = 10.0,
+) -> PushResult:
+    trigger = "scheduled" if scheduled else "manual"
+    if scheduled and serving.held():
+        pinned = serving.policy().get("version")
+        serving.record("held_push", reason=f"serving is pinned to version {pinned}", trigger=trigger)
+        return PushResult(
+            False, f"held: serving is pinned to version {pinned} (streamrl push resume lifts it)"
+        )
+    ckpts = store.checkpoints()
+    if step is not None:
+        try:
+            ckpt = store.get(step)
+        except CheckpointError as exc:
+            return PushResult(False, str(exc))
+    elif ckpts:
+        ckpt = ckpts[-1]
+    else:
+        return PushResult(False, "no checkpoint to push yet")
+    served = serving.served()
+    versions = serving.versions()
+    if versions and step is None and _version_step(serving, versions[-1]) == ckpt.step:
+        return PushResult(False, f"step {ckpt.step} is already version {versions[-1]}", step=ckpt.step)
+
+    def refuse(reason: str, metrics: dict[str, Any] | None = None) -> PushResult:
+        serving.record("refused_push", step=ckpt.step, reason=reason, trigger=trigger, metrics=metrics or {})
+        log.error("push of step %d refused: %s", ckpt.step, reason)
+        return PushResult(False, reason, step=ckpt.step, metrics=metrics or {})
+
+    try:
+        manifest = verify(ckpt.path)
+    except CheckpointError as exc:
+        return refuse(f"hash check failed: {exc}")
+    bad = nonfinite_parameters(ckpt.path)
+    if bad:
+        return refuse(f"non-finite parameters: {', '.join(bad[:5])}{' …' if len(bad) > 5 else ''}")
+    metrics: dict[str, Any] = {}
+    if evaluate is not None:
+        hr = evaluate(ckpt.path)
+        if hr is not None:
+            metrics["hr@10"] = hr
+            if served is not None:
+                base = evaluate(serving.version_path(served))
+                if base is not None:
+                    metrics["served_hr@10"] = base
+                    metrics["served_version"] = served
+                    if not math.isfinite(hr) or hr < base - max_regression:
+                        return refuse(
+                            f"held-out HR@10 {hr:.4f} is more than {max_regression} below "
+                            f"version {served}'s {base:.4f}",
+                            metrics,
+                        )
+        else:
+            metrics["gate_note"] = "no held-out records yet: HR@10 not compared"
+    version = serving.push(
+        ckpt.path, {"trigger": trigger, "metrics": {**manifest.get("metrics", {}), **metrics}}
+    )
+    result = PushResult(True, "pushed", version, ckpt.step, metrics)
+    if notify_url:
+        result.notified = notify(serving, notify_url, version, verify_timeout_s)
+    log.info("pushed step %d as version %d", ckpt.step, version)
+    return result
+
+
+def _version_step(serving: ServingRoot, version: int) -> int | None:
+    try:
+        return int(json.loads((serving.version_path(version) / "manifest.json").read_text())["step"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def notify(serving: ServingRoot, url: str, version: int, timeout_s: float) -> bool:
+    """POST the server's reload URL, then poll GET <base>/version until it reports `version`."""
+    base = url.rsplit("/", 1)[0]
+    deadline = time.monotonic() + timeout_s
+    ok = False
+    try:
+        req = urllib.request.Request(url, b"{}", {"Content-Type": "application/json"}, method="POST")
+        urllib.request.urlopen(req, timeout=timeout_s).read()
+        while time.monotonic() < deadline:
+            with urllib.request.urlopen(f"{base}/version", timeout=timeout_s) as resp:
+                if json.loads(resp.read()).get("version") == version:
+                    ok = True
+                    break
+            time.sleep(0.2)
+    except (OSError, ValueError) as exc:
+        log.warning("serving notification %s failed: %s", url, exc)
+    serving.record("notified", version=version, url=url, verified=ok)
+    return ok

@@ -1,0 +1,199 @@
+"""The serving layout and its audit trail:
+
+    SERVING_ROOT/MODEL/<version>/      a pushed checkpoint (model, tokenizer, codebook, manifest, ...)
+    SERVING_ROOT/MODEL/policy.json     {"mode": "latest"} or {"mode": "pinned", "version": N, ...}
+    SERVING_ROOT/MODEL/history.jsonl   append-only: push, refused_push, held_push, rollback, resume,
+                                       learner_reset
+
+Versions are consecutive integers from 1. A push copies a verified checkpoint into a temp folder,
+verifies the copy against the manifest and renames it to the next version, so a server never sees
+half a version. While serving is pinned (a rollback), scheduled pushes are held: they are recorded
+as `held_push` and copy nothing. A lock file serialises pushes and rollbacks from any process.
+`served()` is the version a server must load: the pin, else the newest version.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import getpass
+import json
+import os
+import shutil
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from checkpoints.files import append_jsonl, fsync_dir, fsync_tree, read_jsonl, write_json
+from checkpoints.store import CheckpointError, verify
+
+POLICY = "policy.json"
+HISTORY = "history.jsonl"
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def who() -> str:
+    return f"{getpass.getuser()}@{socket.gethostname()}"
+
+
+class ServingError(ValueError):
+    """A serving operation refused; nothing was changed."""
+
+
+class ServingRoot:
+    def __init__(self, root: Path, model: str) -> None:
+        self.dir = root / model
+        self.model = model
+
+    # -- reading -----------------------------------------------------------------------------
+    def versions(self) -> list[int]:
+        if not self.dir.is_dir():
+            return []
+        return sorted(int(p.name) for p in self.dir.iterdir() if p.is_dir() and p.name.isdigit())
+
+    def version_path(self, version: int) -> Path:
+        return self.dir / str(version)
+
+    def policy(self) -> dict[str, Any]:
+        try:
+            p = json.loads((self.dir / POLICY).read_text())
+        except FileNotFoundError:
+            return {"mode": "latest"}
+        except (OSError, ValueError) as exc:
+            raise ServingError(f"{self.dir / POLICY}: unreadable: {exc}") from exc
+        if p.get("mode") not in ("latest", "pinned"):
+            raise ServingError(f"{self.dir / POLICY}: mode must be latest or pinned")
+        return dict(p)
+
+    def held(self) -> bool:
+        return self.policy()["mode"] == "pinned"
+
+    def served(self) -> int | None:
+        p = self.policy()
+        if p["mode"] == "pinned":
+            return int(p["version"])
+        versions = self.versions()
+        return versions[-1] if versions else None
+
+    def history(self) -> list[dict[str, Any]]:
+        return read_jsonl(self.dir / HISTORY)
+
+    def pushed_steps(self) -> set[int]:
+        return {int(h["step"]) for h in self.history() if h.get("action") == "push" and "step" in h}
+
+    def status(self) -> dict[str, Any]:
+        hist = self.history()
+        pushes = [h for h in hist if h.get("action") == "push"]
+        versions = []
+        for v in self.versions():
+            entry: dict[str, Any] = next((h for h in reversed(pushes) if h.get("version") == v), {})
+            versions.append(
+                {
+                    "version": v,
+                    "step": entry.get("step"),
+                    "pushed_at": entry.get("at"),
+                    "weights_version": entry.get("weights_version"),
+                    "metrics": entry.get("metrics", {}),
+                }
+            )
+        return {
+            "model": self.model,
+            "dir": str(self.dir),
+            "policy": self.policy(),
+            "served_version": self.served(),
+            "held": self.held(),
+            "last_push": pushes[-1] if pushes else None,
+            "last_event": hist[-1] if hist else None,
+            "versions": versions,
+        }
+
+    # -- writing -----------------------------------------------------------------------------
+    def push(self, checkpoint: Path, info: dict[str, Any]) -> int:
+        """Copy a verified checkpoint in as the next version; returns it."""
+        manifest = verify(checkpoint)
+        with self.lock():
+            version = (self.versions() or [0])[-1] + 1
+            tmp = self.dir / f".tmp-{version}-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(checkpoint, tmp)
+            try:
+                verify(tmp)  # the copy, not only the source
+            except CheckpointError:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            fsync_tree(tmp)
+            os.replace(tmp, self.version_path(version))
+            fsync_dir(self.dir)
+            self.record(
+                "push",
+                version=version,
+                step=manifest["step"],
+                weights_version=manifest.get("weights_version"),
+                source=str(checkpoint),
+                **info,
+            )
+        return version
+
+    def pin(self, version: int, reason: str, author: str | None, reset_learner: bool) -> dict[str, Any]:
+        """Rollback: pin serving to `version` (which must exist and verify) and hold pushes."""
+        if not reason.strip():
+            raise ServingError("--reason must not be empty")
+        with self.lock():
+            if version not in self.versions():
+                raise ServingError(f"version {version} does not exist (have {self.versions() or 'none'})")
+            try:
+                manifest = verify(self.version_path(version))
+            except CheckpointError as exc:
+                raise ServingError(f"version {version} fails verification, not pinned: {exc}") from exc
+            before = self.served()
+            policy = {
+                "mode": "pinned",
+                "version": version,
+                "step": manifest["step"],
+                "reason": reason,
+                "author": author or who(),
+                "at": now_iso(),
+                "reset_learner": reset_learner,
+                "request_id": f"{version}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%f')}",
+            }
+            write_json(self.dir / POLICY, policy)
+            self.record(
+                "rollback",
+                version=version,
+                previous=before,
+                **{k: policy[k] for k in ("step", "reason", "author", "reset_learner", "request_id")},
+            )
+        return policy
+
+    def previous_version(self) -> int:
+        """The version served before the one served now (for `rollback --previous`)."""
+        served = self.served()
+        older = [v for v in self.versions() if served is not None and v < served]
+        if not older:
+            raise ServingError(f"no version before {served} to roll back to")
+        return older[-1]
+
+    def resume(self, reason: str, author: str | None) -> None:
+        with self.lock():
+            before = self.policy()
+            write_json(self.dir / POLICY, {"mode": "latest", "at": now_iso(), "author": author or who()})
+            self.record("resume", previous=before.get("version"), reason=reason, author=author or who())
+
+    def record(self, action: str, **fields: Any) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        append_jsonl(self.dir / HISTORY, {"action": action, "at": now_iso(), "by": who(), **fields})
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / ".lock", "w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)

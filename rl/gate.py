@@ -1,0 +1,29 @@
+"""The push gate's model evaluation: held-out HR@10 of a checkpoint or served version folder, on the
+records the streaming learner kept aside (RUN_DIR/heldout.parquet, never trained on)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from checkpoints.push import Evaluate
+from configs.schema import LearnConfig
+from rl.checkpointing import load_for_inference
+from rl.evaluate import evaluate
+from stream.records import read_records
+
+
+def heldout_evaluator(heldout: Path, limit: int, beam: int, cfg: LearnConfig) -> Evaluate:
+    """`evaluate(folder) -> HR@10`, or None while there are no held-out records. The records are read
+    once per push, so the candidate and the served version are measured on the same ones."""
+    records = list(read_records([heldout]))[-limit:] if heldout.exists() else []
+
+    def run(folder: Path) -> float | None:
+        if not records:
+            return None
+        model, tok, book, vocab = load_for_inference(folder)
+        result = evaluate(
+            model, tok, book, vocab, records, k=10, beam=beam, history_len=cfg.history_len, free_samples=0
+        )
+        return float(result["hr@10"])
+
+    return run

@@ -1,0 +1,233 @@
+"""`streamrl serve`: the reference server over the serving layout (checkpoints/serving.py).
+
+    GET  /healthz   200 {"ok": true, "version": N} once a version is loaded, else 503
+    GET  /version   {"version": N, "step": S, "weights_version": W, "pinned": bool, "failed": {...}}
+    POST /search    {"query": str, "user_id": str, "history": [item_id, ...], "k": int}
+                    -> {"version": N, "items": [{"item_id", "sid", "score"}, ...]}
+    POST /reload    re-read policy.json now (what a push notifies); answers like /version
+
+It follows policy.json and new versions: a watcher thread re-reads them every `serving.poll_s`
+seconds, loads the version to serve in the background (manifest hashes verified first), and swaps
+the reference between requests; a request keeps the model it started with. A version that fails to
+load or verify is logged, reported under "failed", and the old model keeps serving. Requests are
+bounded (body bytes, query length, history length, k). Binds 127.0.0.1 unless configured.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from checkpoints.serving import ServingError, ServingRoot
+from checkpoints.store import CheckpointError, verify
+from configs.schema import ServingConfig
+from rl.checkpointing import load_for_inference
+from rl.evaluate import beam_search
+from rl.policy import format_prompt
+
+log = logging.getLogger("streamrl.serve")
+
+
+@dataclass(frozen=True)
+class Loaded:
+    version: int
+    step: int
+    weights_version: int | None
+    model: Any
+    tok: Any
+    book: Any
+    vocab: Any
+    by_sid: dict[tuple[int, ...], str]
+
+
+class ModelHolder:
+    def __init__(self, serving: ServingRoot, poll_s: float) -> None:
+        self.serving = serving
+        self.poll_s = poll_s
+        self.current: Loaded | None = None
+        self.failed: dict[int, str] = {}
+        self.pinned = False
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+
+    def refresh(self) -> Loaded | None:
+        with self._lock:  # one load at a time; requests never wait on this lock
+            try:
+                target = self.serving.served()
+                self.pinned = self.serving.held()
+            except ServingError as exc:
+                log.error("serving policy unreadable, keeping version %s: %s", self._v(), exc)
+                return self.current
+            if target is None or (self.current and self.current.version == target) or target in self.failed:
+                return self.current
+            path = self.serving.version_path(target)
+            try:
+                manifest = verify(path)
+                model, tok, book, vocab = load_for_inference(path)
+            except (CheckpointError, OSError, ValueError) as exc:
+                self.failed[target] = str(exc)
+                log.error("version %d failed to load, still serving %s: %s", target, self._v(), exc)
+                return self.current
+            self.current = Loaded(
+                target,
+                int(manifest["step"]),
+                manifest.get("weights_version"),
+                model,
+                tok,
+                book,
+                vocab,
+                {sid: item for item, sid in book.sids.items()},
+            )
+            log.info("serving version %d (step %d)", target, self.current.step)
+            return self.current
+
+    def _v(self) -> str:
+        return str(self.current.version) if self.current else "none"
+
+    def watch(self) -> threading.Thread:
+        def loop() -> None:
+            while not self._stop.wait(self.poll_s):
+                try:
+                    self.refresh()
+                except Exception:  # the watcher must outlive any single bad version
+                    log.exception("refresh failed")
+
+        t = threading.Thread(target=loop, name="serving-watcher", daemon=True)
+        t.start()
+        return t
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def describe(self) -> dict[str, Any]:
+        cur = self.current
+        return {
+            "version": cur.version if cur else None,
+            "step": cur.step if cur else None,
+            "weights_version": cur.weights_version if cur else None,
+            "pinned": self.pinned,
+            "failed": {str(k): v for k, v in self.failed.items()},
+        }
+
+
+class BadRequest(ValueError):
+    pass
+
+
+def parse_search(body: bytes, cfg: ServingConfig) -> tuple[str, list[str], int]:
+    try:
+        req = json.loads(body)
+    except ValueError as exc:
+        raise BadRequest(f"body is not JSON: {exc}") from exc
+    if not isinstance(req, dict):
+        raise BadRequest("body must be a JSON object")
+    query, history, k = req.get("query"), req.get("history", []), req.get("k", 10)
+    if not isinstance(query, str) or not query.strip():
+        raise BadRequest("query must be a non-empty string")
+    if len(query) > cfg.max_query_chars:
+        raise BadRequest(f"query longer than {cfg.max_query_chars} characters")
+    if not isinstance(history, list) or not all(isinstance(h, str) for h in history):
+        raise BadRequest("history must be a list of item_id strings")
+    if len(history) > cfg.max_history:
+        raise BadRequest(f"history longer than {cfg.max_history} items")
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= cfg.max_k:
+        raise BadRequest(f"k must be an integer in 1..{cfg.max_k}")
+    return query, history, k
+
+
+def search(m: Loaded, query: str, history: list[str], k: int, beam: int, history_len: int) -> list[dict]:
+    sids = [m.book.sids[h] for h in history[:history_len] if h in m.book.sids]
+    prompt = format_prompt(query, sids, m.tok)
+    with torch.no_grad():
+        beams = beam_search(m.model, m.tok, prompt, m.vocab, max(beam, k))
+    return [{"item_id": m.by_sid[s], "sid": list(s), "score": round(score, 6)} for s, score in beams[:k]]
+
+
+def make_server(cfg: ServingConfig, holder: ModelHolder, history_len: int = 5) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _send(self, code: int, obj: Any) -> None:
+            data = json.dumps(obj).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _body(self) -> bytes | None:
+            try:
+                n = int(self.headers.get("Content-Length", "0"))
+            except ValueError:
+                n = -1
+            if n < 0 or n > cfg.max_body_bytes:
+                self._send(413, {"error": f"body must be at most {cfg.max_body_bytes} bytes"})
+                self.close_connection = True
+                return None
+            return self.rfile.read(n)
+
+        def do_GET(self) -> None:
+            if self.path == "/healthz":
+                cur = holder.current
+                self._send(
+                    200 if cur else 503, {"ok": cur is not None, "version": cur.version if cur else None}
+                )
+            elif self.path == "/version":
+                self._send(200, holder.describe())
+            else:
+                self._send(404, {"error": f"no route GET {self.path}"})
+
+        def do_POST(self) -> None:
+            body = self._body()
+            if body is None:
+                return
+            if self.path == "/reload":
+                holder.refresh()
+                self._send(200, holder.describe())
+                return
+            if self.path != "/search":
+                self._send(404, {"error": f"no route POST {self.path}"})
+                return
+            m = holder.current  # this request keeps this model even if a swap happens meanwhile
+            if m is None:
+                self._send(503, {"error": "no version loaded yet"})
+                return
+            try:
+                query, history, k = parse_search(body, cfg)
+            except BadRequest as exc:
+                self._send(400, {"error": str(exc)})
+                return
+            started = time.perf_counter()
+            items = search(m, query, history, k, cfg.beam, history_len)
+            ms = (time.perf_counter() - started) * 1000
+            self._send(200, {"version": m.version, "items": items, "latency_ms": round(ms, 1)})
+
+        def log_message(self, fmt: str, *args: Any) -> None:
+            log.debug("%s " + fmt, self.address_string(), *args)
+
+    server = ThreadingHTTPServer((cfg.host, cfg.port), Handler)
+    server.daemon_threads = True
+    return server
+
+
+def serve(cfg: ServingConfig, root: Path, model: str, stop: threading.Event, history_len: int = 5) -> int:
+    holder = ModelHolder(ServingRoot(root, model), cfg.poll_s)
+    holder.refresh()
+    holder.watch()
+    server = make_server(cfg, holder, history_len)
+    host, port = str(server.server_address[0]), int(server.server_address[1])
+    print(json.dumps({"serving": f"http://{host}:{port}", "model": model, **holder.describe()}), flush=True)
+    t = threading.Thread(target=server.serve_forever, name="http", daemon=True)
+    t.start()
+    stop.wait()
+    server.shutdown()
+    holder.stop()
+    return 0

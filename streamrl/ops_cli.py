@@ -1,0 +1,393 @@
+"""Operator commands (issue #5): serve, push, rollback, checkpoints, serving status, weights.
+
+Every refusal prints why and exits 2 with nothing changed; every change is recorded with who, when
+and why (serving history.jsonl, weights history.jsonl). Paths come from the config (`serving.root`,
+`serving.model`, `learn.run_dir`, `weights.dir`) unless given.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from checkpoints.serving import ServingError, ServingRoot
+from checkpoints.store import CheckpointError, CheckpointStore, verify
+from configs import StreamrlConfig
+from streamrl.cli import ConfigOpt, SetOpt, _config, _logging, _stop_on_signals, app, console
+
+RunDirOpt = Annotated[Path | None, typer.Option("--run-dir", help="Learner run folder (learn.run_dir).")]
+RootOpt = Annotated[Path | None, typer.Option("--serving-root", help="SERVING_ROOT (serving.root).")]
+ModelOpt = Annotated[
+    str | None, typer.Option("--model", help="Model name under SERVING_ROOT (serving.model).")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+AuthorOpt = Annotated[str | None, typer.Option("--author", help="Who (default: user@host).")]
+
+
+def _serving(cfg: StreamrlConfig, root: Path | None, model: str | None) -> ServingRoot:
+    return ServingRoot(root or Path(cfg.serving.root), model or cfg.serving.model)
+
+
+def _refuse(msg: object) -> None:
+    console.print(f"[red]refused:[/red] {msg}")
+    raise typer.Exit(2)
+
+
+def _print(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+# -- serve ----------------------------------------------------------------------------------------
+@app.command()
+def serve(
+    serving_root: RootOpt = None,
+    model: ModelOpt = None,
+    host: Annotated[str | None, typer.Option(help="Bind address (serving.host, 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (serving.port; 0 = any free).")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """The reference server: /healthz, /version, POST /search, POST /reload."""
+    from serving.server import serve as run
+
+    cfg = _config(config, set_)
+    sc = cfg.serving.model_copy(update={k: v for k, v in (("host", host), ("port", port)) if v is not None})
+    _logging()
+    root = serving_root or Path(sc.root)
+    raise typer.Exit(run(sc, root, model or sc.model, _stop_on_signals(), cfg.learn.history_len))
+
+
+# -- push -----------------------------------------------------------------------------------------
+push_app = typer.Typer(
+    invoke_without_command=True, help="Push a checkpoint to serving now, through the gate."
+)
+app.add_typer(push_app, name="push")
+
+
+@push_app.callback()
+def push_now(
+    ctx: typer.Context,
+    checkpoint: Annotated[int | None, typer.Option("--checkpoint", help="Step (default: newest).")] = None,
+    run_dir: RunDirOpt = None,
+    serving_root: RootOpt = None,
+    model: ModelOpt = None,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """`streamrl push [--checkpoint STEP]`: gate (hashes, finite parameters, held-out HR@10), copy as the
+    next version, notify the server if `push.notify_url` is set."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from checkpoints.push import push
+    from rl.gate import heldout_evaluator
+    from rl.streaming import HELDOUT
+
+    cfg = _config(config, set_)
+    rd = run_dir or Path(cfg.learn.run_dir)
+    pc = cfg.push
+    result = push(
+        CheckpointStore(rd),
+        _serving(cfg, serving_root, model),
+        step=checkpoint,
+        evaluate=heldout_evaluator(rd / HELDOUT, pc.eval_records, pc.eval_beam, cfg.learn),
+        max_regression=pc.max_regression,
+        scheduled=False,
+        notify_url=pc.notify_url,
+        verify_timeout_s=pc.verify_timeout_s,
+    )
+    if as_json:
+        _print(result.as_dict())
+    if not result.pushed:
+        _refuse(result.reason)
+    if not as_json:
+        console.print(f"pushed step {result.step} as version {result.version} {result.metrics or ''}")
+    try:
+        serving = _serving(cfg, serving_root, model)
+        if serving.held():
+            console.print(
+                f"[yellow]serving stays pinned to version {serving.policy()['version']}[/yellow]: "
+                "`streamrl push resume` returns it to latest"
+            )
+    except ServingError:
+        pass
+
+
+@push_app.command("resume")
+def push_resume(
+    reason: Annotated[str, typer.Option(help="Why.")] = "resume scheduled pushes",
+    author: AuthorOpt = None,
+    serving_root: RootOpt = None,
+    model: ModelOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Lift the hold of a rollback: serving returns to the latest version, scheduled pushes resume."""
+    cfg = _config(config, set_)
+    serving = _serving(cfg, serving_root, model)
+    serving.resume(reason, author)
+    _notify(cfg)
+    console.print(f"serving follows the latest version ({serving.served()}); scheduled pushes resume")
+
+
+# -- rollback -------------------------------------------------------------------------------------
+@app.command()
+def rollback(
+    reason: Annotated[str, typer.Option(help="Why (recorded in history.jsonl).")],
+    to: Annotated[int | None, typer.Option("--to", help="Version to serve.")] = None,
+    previous: Annotated[bool, typer.Option("--previous", help="The version before the one served.")] = False,
+    reset_learner: Annotated[
+        bool, typer.Option("--reset-learner", help="The learner continues from that version's checkpoint.")
+    ] = False,
+    author: AuthorOpt = None,
+    serving_root: RootOpt = None,
+    model: ModelOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Pin serving to an earlier version and hold scheduled pushes (`streamrl push resume` lifts it)."""
+    cfg = _config(config, set_)
+    serving = _serving(cfg, serving_root, model)
+    if (to is None) == (not previous):
+        _refuse("give exactly one of --to VERSION or --previous")
+    try:
+        version = serving.previous_version() if previous else int(to or 0)
+        policy = serving.pin(version, reason, author, reset_learner)
+    except ServingError as exc:
+        _refuse(exc)
+    _notify(cfg)
+    console.print(
+        f"serving pinned to version {policy['version']} (step {policy['step']}); scheduled pushes held"
+        + ("; the learner will continue from it" if reset_learner else "")
+    )
+
+
+def _notify(cfg: StreamrlConfig) -> None:
+    """Tell a configured server to re-read policy.json now (it would within `serving.poll_s` anyway)."""
+    url = cfg.push.notify_url
+    if not url:
+        return
+    try:
+        req = urllib.request.Request(url, b"{}", {"Content-Type": "application/json"}, method="POST")
+        urllib.request.urlopen(req, timeout=2).read()
+    except OSError as exc:
+        console.print(
+            f"[yellow]server not notified ({url}): {exc}; it re-reads policy.json on its own[/yellow]"
+        )
+
+
+# -- checkpoints, serving status -------------------------------------------------------------------
+checkpoints_app = typer.Typer(no_args_is_help=True, help="The learner's checkpoint store.")
+app.add_typer(checkpoints_app, name="checkpoints")
+
+
+@checkpoints_app.command("list")
+def checkpoints_list(
+    run_dir: RunDirOpt = None,
+    serving_root: RootOpt = None,
+    model: ModelOpt = None,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Steps, creation times, validity, weights versions, metrics, and which were pushed as what."""
+    cfg = _config(config, set_)
+    store = CheckpointStore(run_dir or Path(cfg.learn.run_dir))
+    serving = _serving(cfg, serving_root, model)
+    pushed: dict[int, list[int]] = {}
+    for h in serving.history():
+        if h.get("action") == "push":
+            pushed.setdefault(int(h["step"]), []).append(int(h["version"]))
+    rows: list[dict[str, Any]] = []
+    for c in store.checkpoints():
+        try:
+            m, problem = verify(c.path), None
+        except CheckpointError as exc:
+            m, problem = {}, str(exc)
+        rows.append(
+            {
+                "step": c.step,
+                "created": m.get("created"),
+                "valid": problem is None,
+                "problem": problem,
+                "weights_version": m.get("weights_version"),
+                "pushed_as": pushed.get(c.step, []),
+                "metrics": {k: v for k, v in m.get("metrics", {}).items() if k in _SHOWN},
+                "path": str(c.path),
+            }
+        )
+    if as_json:
+        _print(rows)
+        return
+    table = Table(title=f"checkpoints in {store.root}")
+    for col in ("step", "created", "valid", "weights", "pushed as", "reward_mean", "loss"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            str(r["step"]),
+            str(r["created"]),
+            "yes" if r["valid"] else f"[red]no: {r['problem']}[/red]",
+            str(r["weights_version"]),
+            ",".join(map(str, r["pushed_as"])),
+            _fmt(r["metrics"].get("reward_mean")),
+            _fmt(r["metrics"].get("loss")),
+        )
+    console.print(table)
+
+
+_SHOWN = {"loss", "reward_mean", "valid_sid_rate", "grad_norm", "weights_version", "promoted_share"}
+
+
+def _fmt(v: object) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else "" if v is None else str(v)
+
+
+serving_app = typer.Typer(no_args_is_help=True, help="The serving layout.")
+app.add_typer(serving_app, name="serving")
+
+
+@serving_app.command("status")
+def serving_status(
+    serving_root: RootOpt = None,
+    model: ModelOpt = None,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Versions, push times, metrics, weights versions, the pin, and what a server reports."""
+    cfg = _config(config, set_)
+    try:
+        status = _serving(cfg, serving_root, model).status()
+    except ServingError as exc:
+        _refuse(exc)
+    status["server"] = _server_version(cfg)
+    if as_json:
+        _print(status)
+        return
+    pol = status["policy"]
+    pin = (
+        f"pinned to {pol['version']} by {pol.get('author')}: {pol.get('reason')}"
+        if status["held"]
+        else "latest"
+    )
+    console.print(
+        f"model {status['model']} in {status['dir']}: serving version {status['served_version']} ({pin})"
+    )
+    if status["server"] is not None:
+        console.print(f"server reports: {status['server']}")
+    table = Table()
+    for col in ("version", "step", "pushed at", "weights", "hr@10"):
+        table.add_column(col)
+    for v in status["versions"]:
+        table.add_row(
+            str(v["version"]),
+            str(v["step"]),
+            str(v["pushed_at"]),
+            str(v["weights_version"]),
+            _fmt(v["metrics"].get("hr@10")),
+        )
+    console.print(table)
+
+
+def _server_version(cfg: StreamrlConfig) -> dict[str, Any] | None:
+    url = cfg.push.notify_url
+    if not url:
+        return None
+    try:
+        with urllib.request.urlopen(url.rsplit("/", 1)[0] + "/version", timeout=2) as resp:
+            return dict(json.loads(resp.read()))
+    except (OSError, ValueError):
+        return {"error": "unreachable"}
+
+
+# -- weights --------------------------------------------------------------------------------------
+weights_app = typer.Typer(no_args_is_help=True, help="Live reward weights and promotions.")
+app.add_typer(weights_app, name="weights")
+
+
+def _weights(cfg: StreamrlConfig) -> Any:
+    from rl.streaming import weights_store
+
+    return weights_store(cfg)
+
+
+@weights_app.command("show")
+def weights_show(as_json: JsonOpt = False, config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """The version in force and its content, with which promotions are active now."""
+    from rewards.weights import WeightsError
+
+    cfg = _config(config, set_)
+    try:
+        policy = _weights(cfg).load()
+    except WeightsError as exc:
+        _refuse(exc)
+    out = policy.describe()
+    out["active_now"] = [p.name for p in policy.active(int(time.time() * 1000))]
+    if as_json:
+        _print(out)
+    else:
+        console.print_json(json.dumps(out, default=str))
+
+
+@weights_app.command("apply")
+def weights_apply(
+    file: Annotated[Path, typer.Argument(help="A rewards file (configs/rewards.yaml shape).")],
+    author: Annotated[str, typer.Option(help="Who.")],
+    reason: Annotated[str, typer.Option(help="Why.")],
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Validate and store as a new version; a running learner switches at its next step boundary."""
+    from rewards.weights import WeightsError
+
+    cfg = _config(config, set_)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        _refuse(f"{file}: {exc.strerror or exc}")
+    try:
+        policy = _weights(cfg).apply(text, author, reason, str(file))
+    except WeightsError as exc:
+        _refuse(exc)
+    console.print(f"weights version {policy.version} in force (from {file}, by {author}: {reason})")
+
+
+@weights_app.command("history")
+def weights_history(as_json: JsonOpt = False, config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Every apply and revert: version, who, when, why, from what."""
+    hist = _weights(_config(config, set_)).history()
+    if as_json:
+        _print(hist)
+        return
+    table = Table(title="reward weights history")
+    for col in ("version", "action", "applied_at", "author", "reason", "source"):
+        table.add_column(col)
+    for h in hist:
+        table.add_row(
+            *(str(h.get(c, "")) for c in ("version", "action", "applied_at", "author", "reason", "source"))
+        )
+    console.print(table)
+
+
+@weights_app.command("revert")
+def weights_revert(
+    version: Annotated[int, typer.Argument(help="The version whose content comes back.")],
+    author: Annotated[str, typer.Option(help="Who.")],
+    reason: Annotated[str, typer.Option(help="Why.")],
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Store an earlier version's content as a new version (versions only grow)."""
+    from rewards.weights import WeightsError
+
+    try:
+        policy = _weights(_config(config, set_)).revert(version, author, reason)
+    except WeightsError as exc:
+        _refuse(exc)
+    console.print(f"weights version {policy.version} in force (content of version {version})")
