@@ -1,0 +1,182 @@
+"""Issue #5's offline check, through the CLI and over HTTP: learn → push → serve → /search; push
+again; rollback --previous (served within 2 s, scheduled pushes held); push resume; a damaged
+checkpoint is never pushed; rollback to a missing version is refused; a version that fails
+verification is never loaded by the server."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tiny_world import TINY_LEARN, build_tiny_world
+
+from checkpoints.push import push
+from checkpoints.serving import ServingRoot
+from checkpoints.store import CheckpointStore
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("flow")
+    build_tiny_world(tmp)
+    return tmp
+
+
+def _sets(tmp: Path) -> list[str]:
+    o = [*TINY_LEARN, f"serving.root={tmp / 'serving'}", "serving.model=tiny", f"learn.run_dir={tmp / 'run'}"]
+    o += [f"weights.dir={tmp / 'weights'}", "serving.poll_s=0.2", "serving.beam=8", "push.eval_beam=8"]
+    return [x for s in o for x in ("--set", s)]
+
+
+def cli(tmp: Path, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "streamrl", *args, *_sets(tmp)], capture_output=True, text=True, timeout=300
+    )
+    if ok:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def learn(tmp: Path, steps: int) -> None:
+    cli(tmp, "learn", "--records", str(tmp / "rec"), "--sids", str(tmp / "sids"), "--steps", str(steps))
+
+
+def get(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return dict(json.loads(resp.read()))
+
+
+def post(url: str, body: bytes) -> tuple[int, dict[str, Any]]:
+    req = urllib.request.Request(url, body, {"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, dict(json.loads(resp.read()))
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(json.loads(exc.read()))
+
+
+def wait_version(base: str, version: int, within_s: float) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < within_s:
+        if get(f"{base}/version")["version"] == version:
+            return time.monotonic() - start
+        time.sleep(0.05)
+    raise AssertionError(
+        f"server did not report version {version} within {within_s} s: {get(base + '/version')}"
+    )
+
+
+@pytest.fixture(scope="module")
+def server(world: Path) -> Iterator[str]:
+    learn(world, 2)
+    cli(world, "push")  # version 1 exists before the server starts
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamrl", "serve", "--port", "0", *_sets(world)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    hello = json.loads(proc.stdout.readline())
+    yield hello["serving"]
+    proc.terminate()
+    assert proc.wait(timeout=20) == 0
+
+
+def test_push_serve_rollback_resume(world: Path, server: str) -> None:
+    assert get(f"{server}/healthz") == {"ok": True, "version": 1}
+    code, body = post(f"{server}/search", json.dumps({"query": "red wool", "user_id": "u1", "k": 5}).encode())
+    assert code == 200 and body["version"] == 1 and len(body["items"]) == 5
+    book = {
+        r["item_id"]
+        for r in __import__("pyarrow.parquet")
+        .parquet.read_table(world / "sids" / "sid_codebook.parquet")
+        .to_pylist()
+    }
+    assert all(it["item_id"] in book and len(it["sid"]) == 5 for it in body["items"])
+    scores = [it["score"] for it in body["items"]]
+    assert scores == sorted(scores, reverse=True)
+
+    learn(world, 3)
+    cli(world, "push")
+    assert wait_version(server, 2, 2.0) < 2.0
+
+    rb = cli(world, "rollback", "--previous", "--reason", "CTR dropped after v2", "--author", "oncall")
+    assert "pinned to version 1" in rb.stderr
+    assert wait_version(server, 1, 2.0) < 2.0  # within 2 s of the command
+    assert get(f"{server}/version")["pinned"] is True
+
+    learn(world, 4)  # a new checkpoint; the scheduled push must not replace the pin
+    serving = ServingRoot(world / "serving", "tiny")
+    held = push(CheckpointStore(world / "run"), serving, scheduled=True)
+    assert not held.pushed and "pinned" in held.reason
+    time.sleep(0.5)
+    assert get(f"{server}/version")["version"] == 1 and serving.versions() == [1, 2]
+
+    cli(world, "push", "resume", "--reason", "v2 was fine after all")
+    assert wait_version(server, 2, 2.0) < 2.0  # latest again (step 4 was never pushed)
+
+    status = json.loads(cli(world, "serving", "status", "--json").stdout)
+    assert status["served_version"] == 2 and not status["held"]
+    assert [v["step"] for v in status["versions"]] == [2, 3]
+    actions = [h["action"] for h in serving.history()]
+    assert actions == ["push", "push", "rollback", "held_push", "resume"]
+    listing = json.loads(cli(world, "checkpoints", "list", "--json").stdout)
+    assert [(c["step"], c["pushed_as"], c["valid"]) for c in listing] == [
+        (2, [1], True),
+        (3, [2], True),
+        (4, [], True),
+    ]
+
+
+def test_damaged_checkpoints_and_versions_are_never_pushed_loaded_or_pinned(world: Path, server: str) -> None:
+    serving = ServingRoot(world / "serving", "tiny")
+    learn(world, 5)
+    model = world / "run" / "checkpoints" / "0000000005" / "model.safetensors"
+    model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])  # truncated
+    before = serving.versions()
+    proc = cli(world, "push", ok=False)
+    assert proc.returncode == 2 and "sha256" in proc.stderr
+    assert serving.versions() == before and serving.history()[-1]["action"] == "refused_push"
+
+    proc = cli(world, "rollback", "--to", "99", "--reason", "typo", ok=False)
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
+    served = get(f"{server}/version")["version"]
+
+    # a version folder damaged after the push: the server keeps the old model, rollback refuses it
+    bad = max(before) + 1
+    shutil.copytree(serving.version_path(max(before)), serving.version_path(bad))
+    (serving.version_path(bad) / "config.json").write_text("{}")
+    time.sleep(1.0)
+    v = get(f"{server}/version")
+    assert v["version"] == served and str(bad) in v["failed"]
+    proc = cli(world, "rollback", "--to", str(bad), "--reason", "x", ok=False)
+    assert proc.returncode == 2 and "fails verification" in proc.stderr
+    shutil.rmtree(serving.version_path(bad))
+
+
+def test_requests_are_bounded(server: str) -> None:
+    for body, code in (
+        (b"not json", 400),
+        (json.dumps({"query": ""}).encode(), 400),
+        (json.dumps({"query": "x" * 10_000}).encode(), 400),
+        (json.dumps({"query": "a", "k": 1000}).encode(), 400),
+        (json.dumps({"query": "a", "history": [1, 2]}).encode(), 400),
+        (json.dumps({"query": "a", "history": ["i"] * 500}).encode(), 400),
+        (b"{" + b" " * 100_000 + b"}", 413),
+    ):
+        got, answer = post(f"{server}/search", body)
+        assert got == code and answer["error"], (body[:40], got, answer)
+    code, answer = post(
+        f"{server}/search", json.dumps({"query": "毛衣 红色", "history": ["nope"], "k": 3}).encode()
+    )
+    assert code == 200 and len(answer["items"]) == 3  # any Unicode; unknown history items are ignored
