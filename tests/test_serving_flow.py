@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 from tiny_world import TINY_LEARN, build_tiny_world
 
@@ -96,12 +97,7 @@ def test_push_serve_rollback_resume(world: Path, server: str) -> None:
     assert get(f"{server}/healthz") == {"ok": True, "version": 1}
     code, body = post(f"{server}/search", json.dumps({"query": "red wool", "user_id": "u1", "k": 5}).encode())
     assert code == 200 and body["version"] == 1 and len(body["items"]) == 5
-    book = {
-        r["item_id"]
-        for r in __import__("pyarrow.parquet")
-        .parquet.read_table(world / "sids" / "sid_codebook.parquet")
-        .to_pylist()
-    }
+    book = set(pq.read_table(world / "sids" / "sid_codebook.parquet").column("item_id").to_pylist())
     assert all(it["item_id"] in book and len(it["sid"]) == 5 for it in body["items"])
     scores = [it["score"] for it in body["items"]]
     assert scores == sorted(scores, reverse=True)
