@@ -4,12 +4,15 @@ SIGTERM finishes the step, saves and exits 0."""
 from __future__ import annotations
 
 import json
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from tiny_world import TINY_LEARN, build_tiny_world
@@ -50,7 +53,6 @@ def _learn(cfg: StreamrlConfig, tmp: Path, *extra: str) -> list[str]:
         str(tmp / "sids"),
         "--out",
         str(tmp / "run"),
-        *extra,
         "--set",
         f"serving.root={tmp / 'serving'}",
         "--set",
@@ -58,7 +60,7 @@ def _learn(cfg: StreamrlConfig, tmp: Path, *extra: str) -> list[str]:
     ]
     for o in [*overrides(cfg), *TINY]:
         cmd += ["--set", o]
-    return cmd
+    return cmd + list(extra)  # last: a test's own settings win
 
 
 def test_streaming_learner_steps_checkpoints_and_commits(
@@ -97,3 +99,129 @@ def test_sigterm_saves_and_exits_zero(kafka_cfg: StreamrlConfig, world_on_topic:
     assert time.monotonic() - start < 30
     latest = CheckpointStore(tmp / "run").latest_valid()
     assert latest is not None and latest[0].step >= 1
+
+
+PROMO = """
+weights: {click_order: 1.0, ctr: 1.0, relevance: 2.0}
+promotions:
+  - name: festival
+    match: {category_prefix: [c0]}
+    bonus: {relevance: 1.0}
+    start: 2020-01-01T00:00:00Z
+    end: 2099-01-01T00:00:00Z
+"""
+
+
+class _Lines:
+    """Drains a child's stdout on a thread (a full pipe would block the child), hands out step lines."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.q: queue.Queue[dict] = queue.Queue()
+        threading.Thread(target=self._pump, args=(proc,), daemon=True).start()
+
+    def _pump(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("{"):
+                self.q.put(json.loads(line))
+
+    def until(self, pred, within_s: float) -> dict:  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + within_s
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                row = self.q.get(timeout=left)
+            except queue.Empty:
+                break
+            if pred(row):
+                return row
+        raise AssertionError(f"no matching step line within {within_s} s")
+
+
+def test_live_weights_scheduled_push_and_resume(kafka_cfg: StreamrlConfig, world_on_topic: Path) -> None:
+    tmp = world_on_topic
+    live = ["--set", "push.enabled=true", "--set", "push.every_s=2", "--set", "push.eval_beam=4"]
+    proc = subprocess.Popen(
+        _learn(kafka_cfg, tmp, *live),
+        stdout=subprocess.PIPE,
+        stderr=open(tmp / "learner.log", "w"),  # noqa: SIM115 - the child owns it for its life
+        text=True,
+    )
+    lines = _Lines(proc)
+    try:
+        assert lines.until(lambda r: r["step"] >= 1, 120)["weights_version"] == 0
+        (tmp / "promo.yaml").write_text(PROMO)
+        (tmp / "broken.yaml").write_text(PROMO.replace("relevance: 2.0", "relevance: -2.0"))
+        wset = ["--set", f"weights.dir={tmp / 'weights'}"]
+        bad = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "streamrl",
+                "weights",
+                "apply",
+                str(tmp / "broken.yaml"),
+                "--author",
+                "op",
+                "--reason",
+                "typo",
+                *wset,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert bad.returncode == 2 and "weights.relevance" in bad.stderr
+        ok = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "streamrl",
+                "weights",
+                "apply",
+                str(tmp / "promo.yaml"),
+                "--author",
+                "op",
+                "--reason",
+                "festival",
+                *wset,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert ok.returncode == 0, ok.stderr
+        applied = time.monotonic()
+        row = lines.until(lambda r: r["weights_version"] == 1, 30)
+        assert time.monotonic() - applied < 10  # switched at a step boundary, no restart
+        assert "promoted_share" in row and "promoted_reward_rel" in row
+        # the scheduler pushes a checkpoint through the gate into serving
+        serving = tmp / "serving" / "default"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (serving / "1").is_dir():
+            time.sleep(0.5)
+        assert (serving / "1" / "manifest.json").exists()
+        last = lines.until(lambda r: True, 30)["step"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    store = CheckpointStore(tmp / "run")
+    final = store.latest_valid()
+    assert final is not None and final[0].step >= last and verify(final[0].path)["weights_version"] == 1
+    history = [json.loads(x) for x in (serving / "history.jsonl").read_text().splitlines()]
+    assert history[0]["action"] == "push" and history[0]["trigger"] == "scheduled"
+    # a restart resumes from the newest valid checkpoint and keeps counting (on new requests: the
+    # group has committed everything so far)
+    table = pq.read_table(tmp / "rec" / "records-00000.parquet")
+    ids = pa.array([f"again-{r}" for r in table.column("request_id").to_pylist()])
+    table = table.set_column(table.schema.get_field_index("request_id"), "request_id", ids)
+    producer = kafka_io.make_producer(kafka_cfg.kafka)
+    kafka_io.send_records(producer, kafka_cfg.kafka.topics.rewards, 0, table)
+    producer.flush()
+    producer.close()
+    again = subprocess.run(
+        _learn(kafka_cfg, tmp, "--steps", "1"), capture_output=True, text=True, timeout=300
+    )
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"resumed from checkpoint {final[0].step}" in again.stderr
+    steps = [json.loads(x)["step"] for x in again.stdout.splitlines() if x.startswith("{")]
+    assert steps == [final[0].step + 1]
