@@ -205,6 +205,9 @@ class Learner:
             old_logp = logp.detach()
             dev = logp.device  # advantages and gates are computed on the CPU (rl/advantages.py)
             rewards, comp, valid = self._rewards(batch, codes)
+            if not bool(torch.isfinite(rewards).all()):  # skipped and counted, nothing learned
+                self.skipped += 1
+                return StepStats({**comp, "nonfinite_rewards": 1.0}, skipped=True)
             mask = torch.ones_like(logp)
             if cfg.algo == "tpma":
                 adv, gates = self._tpma(batch, codes, rewards)

@@ -176,3 +176,19 @@ def test_a_promotion_adds_its_bonus_and_is_logged_separately(tmp_path) -> None: 
     assert {"promoted_reward_rel", "promoted_reward_rel_weighted", "reward_rel_weighted"} <= set(v)
     if v["promoted_share"] > 0:
         assert v["promoted_reward_rel"] == 4.0 and v["promoted_share.fest"] == v["promoted_share"]
+
+
+def test_a_step_with_non_finite_rewards_is_skipped_and_counted() -> None:
+    from rewards.item import Components
+
+    learner, _ = _tiny_learner(relevance=_Recording())
+
+    def poisoned(rec, sids):  # type: ignore[no-untyped-def]
+        return [(Components(float("nan"), 0.1, 1.0), []) for _ in sids]
+
+    learner.components = poisoned  # type: ignore[method-assign]
+    recs = _records()
+    before = [p.detach().clone() for p in learner.model.parameters()]
+    stats = learner.step(learner.make_batch([r for r in recs if learner.usable(r)][:4]))
+    assert stats.skipped and learner.skipped == 1 and learner.steps == 0
+    assert all(torch.equal(a, b.detach()) for a, b in zip(before, learner.model.parameters(), strict=True))
