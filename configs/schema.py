@@ -232,8 +232,13 @@ class WeightsConfig(Section):
 
 
 class MetricsConfig(Section):
+    """/metrics (Prometheus) and /healthz (JSON) of each process (stream/metrics.py)."""
+
     host: str = "127.0.0.1"  # security: admin/metrics bind loopback unless configured
-    port: int = Field(0, ge=0, le=65535)  # ops: 0 = no metrics endpoint
+    supervisor_port: int = Field(9100, ge=0, le=65535)  # ops: `streamrl run`; 0 = no endpoint
+    joiner_port: int = Field(9101, ge=0, le=65535)  # ops: `streamrl join`; 0 = no endpoint
+    learner_port: int = Field(9102, ge=0, le=65535)  # ops: `streamrl learn`; 0 = no endpoint
+    publish_s: float = Field(1.0, gt=0.0)  # ops: how often a process refreshes its snapshot
 
 
 class StreamrlConfig(Section):

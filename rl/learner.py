@@ -215,11 +215,13 @@ class Learner:
                 loss, stats = tpma_grpo_loss(
                     logp, old_logp, adv.to(dev), gates.to(dev), mask, sft, cfg.sft_weight
                 )
+                stats.update(_moments("adv", adv))
             else:
                 adv_seq = torch.cat(
                     [grpo_advantages(rewards[b * G : (b + 1) * G]) for b in range(len(batch.prompts))]
                 )
                 loss, stats = grpo_loss(logp, old_logp, adv_seq.float().to(dev), mask, cfg.clip_eps)
+                stats.update(_moments("adv", adv_seq))
             stats.update(comp)
             stats["valid_sid_rate"] = valid
             stats["relevance_errors"] = float(self.relevance.errors)
@@ -297,3 +299,12 @@ class Learner:
         with self.amp():
             logp = sequence_logp(self.model, self.tok, [p for p, _ in rows], self.vocab, codes, 1)
         return -logp.sum(dim=1).mean()
+
+
+def _moments(name: str, x: torch.Tensor) -> dict[str, float]:
+    x = x.detach().float()
+    return {
+        f"{name}_mean": float(x.mean()),
+        f"{name}_std": float(x.std()) if x.numel() > 1 else 0.0,
+        f"{name}_abs_max": float(x.abs().max()) if x.numel() else 0.0,
+    }

@@ -45,6 +45,7 @@ from rewards.weights import WeightsStore, WeightsWatcher, default_policy
 from rl.checkpointing import new_learner, save
 from rl.gate import heldout_evaluator
 from stream.kafka_io import RewardReader
+from stream.metrics import ProcessMetrics
 from stream.records import RECORD_SCHEMA, write_parquet_atomic
 
 log = logging.getLogger("streamrl.learner")
@@ -91,6 +92,12 @@ class StreamingLearner:
         self.last_metrics: dict[str, float] = {}
         self.last_push: dict[str, Any] | None = None
         self._next_reset_check = 0.0
+        self.metrics = ProcessMetrics("learner")
+        self.records_in = 0
+        self.rollouts = 0
+        self._rate: deque[tuple[float, int]] = deque(maxlen=64)  # (time, rollouts so far)
+        self._last_pub = 0.0
+        self.last_error: str | None = None
 
     # -- the scheduler -----------------------------------------------------------------------
     def start_scheduler(self) -> Any:
@@ -140,7 +147,8 @@ class StreamingLearner:
             )
             self.last_push = result.as_dict()
             log.info("scheduled push: %s", json.dumps(result.as_dict()))
-        except Exception:
+        except Exception as exc:
+            self.last_error = f"scheduled push failed: {exc}"
             log.exception("scheduled push failed")
 
     # -- the loop ----------------------------------------------------------------------------
@@ -156,8 +164,11 @@ class StreamingLearner:
                 stats = learner.step(learner.make_batch(self.rng.sample(list(self.buffer), lc.batch_prompts)))
                 self.last_metrics = stats.values
                 taken += 1
+                if not stats.skipped and lc.algo != "sft":
+                    self.rollouts += lc.batch_prompts * lc.group_size
                 line = {"step": learner.steps, "skipped_total": learner.skipped, "buffer": len(self.buffer)}
                 print(json.dumps({**line, "heldout": len(self.heldout), **stats.values}), flush=True)
+            self._publish()
             due = ck.every_steps is not None and learner.steps - self.last_saved_step >= ck.every_steps
             if (due or self.tick.is_set()) and learner.steps > self.last_saved_step:  # 5
                 self.checkpoint(reader)
@@ -165,8 +176,88 @@ class StreamingLearner:
             self.checkpoint(reader)
         return 0
 
+    def _publish(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_pub < self.cfg.metrics.publish_s:
+            return
+        self._last_pub = now
+        self._rate.append((now, self.rollouts))
+        t0, r0 = self._rate[0]
+        rate = (self.rollouts - r0) / (now - t0) if now > t0 else 0.0
+        try:
+            status = self.serving.status()
+            served, last_push = status["served_version"], status["last_push"]
+            pinned = status["held"]
+        except (ServingError, OSError, ValueError):
+            served, last_push, pinned = None, None, None
+        push_ts = _epoch(last_push["at"]) if last_push else 0.0
+        m = self.last_metrics
+        values: dict[str, tuple[str, Any]] = {
+            "streamrl_learner_steps_total": ("Optimiser steps taken", float(self.learner.steps)),
+            "streamrl_learner_skipped_steps_total": (
+                "Steps skipped for non-finite loss or rewards",
+                float(self.learner.skipped),
+            ),
+            "streamrl_learner_records_in_total": (
+                "Reward records read (each request once)",
+                float(self.records_in),
+            ),
+            "streamrl_learner_rollouts_per_second": ("Rollouts per second, recent", rate),
+            "streamrl_learner_buffer_records": ("Prompts in the sampling buffer", float(len(self.buffer))),
+            "streamrl_learner_heldout_records": (
+                "Held-out records kept for the push gate",
+                float(len(self.heldout)),
+            ),
+            "streamrl_learner_weights_version": (
+                "Reward weights version in force",
+                float(self.learner.policy.version),
+            ),
+            "streamrl_learner_served_version": ("Version serving follows now (0: none)", float(served or 0)),
+            "streamrl_learner_serving_pinned": (
+                "1 while serving is pinned by a rollback",
+                float(bool(pinned)),
+            ),
+            "streamrl_learner_last_push_timestamp_seconds": ("Unix time of the last push (0: none)", push_ts),
+            "streamrl_learner_reward": (
+                "Mean reward component of the last step's real-item rollouts",
+                {
+                    (("component", c), ("kind", kind)): float(m.get(f"reward_{c}{suffix}", 0.0))
+                    for c in ("co", "ctr", "rel")
+                    for kind, suffix in (("unweighted", ""), ("weighted", "_weighted"))
+                },
+            ),
+        }
+        for key, name, doc in (
+            ("loss", "streamrl_learner_loss", "Loss of the last step"),
+            ("grad_norm", "streamrl_learner_grad_norm", "Gradient norm before clipping, last step"),
+            ("adv_mean", "streamrl_learner_advantage_mean", "Mean advantage, last step"),
+            ("adv_std", "streamrl_learner_advantage_std", "Advantage standard deviation, last step"),
+            ("adv_abs_max", "streamrl_learner_advantage_abs_max", "Largest |advantage|, last step"),
+            ("reward_mean", "streamrl_learner_reward_mean", "Mean item reward of the last step's rollouts"),
+            ("valid_sid_rate", "streamrl_learner_valid_sid_rate", "Share of rollouts that are real items"),
+            ("promoted_share", "streamrl_learner_promoted_share", "Share of rollouts that hit a promotion"),
+        ):
+            if key in m:
+                values[name] = (doc, float(m[key]))
+        self.metrics.publish(
+            values,
+            {
+                "ok": self.last_error is None,
+                "step": self.learner.steps,
+                "weights_version": self.learner.policy.version,
+                "served_version": served,
+                "pinned": pinned,
+                "last_push": last_push,
+                "buffer": len(self.buffer),
+                "rollouts_per_s": round(rate, 1),
+                "last_error": self.last_error,
+                **{k: m[k] for k in ("loss", "reward_mean", "reward_rel") if k in m},
+            },
+        )
+
     def _read(self, records: list[dict[str, Any]]) -> None:
         lc, pc = self.cfg.learn, self.cfg.push
+        self.records_in += len(records)
         train = []
         for r in records:
             engaged = any(i["clicked"] or i["ordered"] for i in r["items"])
@@ -245,6 +336,11 @@ def run_streaming(
 ) -> int:
     run_dir = out or Path(cfg.learn.run_dir)
     sl = StreamingLearner(cfg, sids_dir, run_dir, seed)
+    if cfg.metrics.learner_port:
+        try:
+            sl.metrics.start(cfg.metrics.host, cfg.metrics.learner_port)
+        except OSError as exc:
+            log.error("metrics endpoint not started on port %d: %s", cfg.metrics.learner_port, exc)
     reader = RewardReader(cfg.kafka, cfg.kafka.learn_group)
     sched = sl.start_scheduler()
     try:
@@ -252,3 +348,13 @@ def run_streaming(
     finally:
         sched.shutdown(wait=True)
         reader.close()
+        sl.metrics.stop()
+
+
+def _epoch(iso: str) -> float:
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(iso).timestamp()
+    except ValueError:
+        return 0.0

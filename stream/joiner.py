@@ -23,6 +23,7 @@ second copy, which every reader drops (stream/dedup.py).
 from __future__ import annotations
 
 import gc
+import itertools
 import logging
 import threading
 import time
@@ -36,6 +37,7 @@ from configs.schema import StreamrlConfig
 from stream import kafka_io
 from stream.events import ItemEvent, Malformed, decode_event
 from stream.join import Enricher, Finalized, JoinState, Source, dead_letter
+from stream.metrics import ProcessMetrics
 from stream.records import decode_batch
 
 log = logging.getLogger("streamrl.joiner")
@@ -73,6 +75,8 @@ class Joiner:
         self.futures: list[Any] = []
         self.last_commit = time.monotonic()
         self.inputs = (self.topics.impressions, self.topics.clicks, self.topics.orders)
+        self.lag: dict[tuple[str, int], int] = {}  # (topic, partition) -> high watermark - position
+        self.events_in: Counter[str] = Counter()  # per input topic
 
     # -- setup ------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -149,6 +153,7 @@ class Joiner:
     def _consume(self, tp: Any, msgs: list[Any], now: int) -> None:
         shard = self._shard(tp.partition)
         topic, part = tp.topic, tp.partition
+        self.events_in[topic] += len(msgs)
         for m in msgs:
             src = Source(topic, part, m.offset)
             try:
@@ -167,7 +172,9 @@ class Joiner:
             if hw is None:
                 continue
             shard = self._shard(tp.partition)
-            shard.set_caught_up(tp.topic, self.consumer.position(tp) >= hw, now)
+            position = self.consumer.position(tp)
+            self.lag[(tp.topic, tp.partition)] = max(hw - position, 0)
+            shard.set_caught_up(tp.topic, position >= hw, now)
 
     def _collect(self) -> None:
         for part, shard in self.shards.items():
@@ -222,6 +229,49 @@ class Joiner:
             self.consumer.close(autocommit=False)
             self.producer.close(timeout=10)
 
+    def state_bytes(self, sample: int = 64) -> int:
+        """Join state in memory, estimated: a sample of open requests deep-sized, times their count."""
+        from stream.metrics import deep_size
+
+        total = 0
+        for shard in self.shards.values():
+            n = len(shard.open)
+            if n:
+                picked = list(itertools.islice(iter(shard.open.values()), sample))
+                total += int(sum(deep_size(o) for o in picked) / len(picked) * n)
+        return total
+
+    def metrics(self) -> dict[str, tuple[str, Any]]:
+        s = self.stats()
+        dead = {
+            (("reason", k[5:]),): float(v) for k, v in s.items() if k.startswith("dead_") and k != "dead_out"
+        }
+        fin = {(("reason", k[10:]),): float(v) for k, v in s.items() if k.startswith("finalized_")}
+        return {
+            "streamrl_joiner_consumer_lag": (
+                "Messages behind the fetch high watermark, per input partition",
+                {(("topic", t), ("partition", str(p))): float(v) for (t, p), v in sorted(self.lag.items())},
+            ),
+            "streamrl_joiner_events_in_total": (
+                "Events read, per input topic",
+                {(("topic", t),): float(v) for t, v in sorted(self.events_in.items())},
+            ),
+            "streamrl_joiner_records_out_total": ("Reward records produced", float(s["records_out"])),
+            "streamrl_joiner_dead_letters_out_total": ("Dead letters produced", float(s["dead_out"])),
+            "streamrl_joiner_dead_letters_total": ("Dead letters by reason", dead),
+            "streamrl_joiner_finalized_total": ("Requests finalised, by why", fin),
+            "streamrl_joiner_open_requests": ("Requests still open in the join", float(s["open_requests"])),
+            "streamrl_joiner_duplicates_total": ("Duplicate events dropped", float(s["duplicates"])),
+            "streamrl_joiner_late_events_total": (
+                "Events dead-lettered for arriving after their request was final",
+                float(sum(v for k, v in s.items() if k.startswith("dead_late"))),
+            ),
+            "streamrl_joiner_evicted_total": (
+                "Requests finalised early by the open bound",
+                float(s["evicted"]),
+            ),
+        }
+
     def stats(self) -> Counter[str]:
         total: Counter[str] = Counter(self.counts)
         for shard in self.shards.values():
@@ -243,13 +293,31 @@ def run_joiner(cfg: StreamrlConfig, stop: threading.Event, archive: bool = True)
     except Exception:
         log.exception("joiner setup failed")
         return 1
-    last_log = time.monotonic()
+    last_log = last_pub = last_bytes_at = time.monotonic()
+    state_bytes = 0
+    metrics = ProcessMetrics("joiner")
+    if cfg.metrics.joiner_port:
+        try:
+            metrics.start(cfg.metrics.host, cfg.metrics.joiner_port)
+        except OSError as exc:
+            log.error("metrics endpoint not started on port %d: %s", cfg.metrics.joiner_port, exc)
     code = 0
     try:
         while not stop.is_set():
             joiner.step()
             if archiver:
                 archiver.step()
+            if time.monotonic() - last_pub >= cfg.metrics.publish_s:
+                last_pub = time.monotonic()
+                if last_pub - last_bytes_at >= 10:
+                    last_bytes_at, state_bytes = last_pub, joiner.state_bytes()
+                values = joiner.metrics()
+                values["streamrl_joiner_state_bytes"] = (
+                    "Join state in memory, estimated by sampling",
+                    state_bytes,
+                )
+                lag = sum(joiner.lag.values())
+                metrics.publish(values, {"ok": True, "lag": lag, "records_out": joiner.counts["records_out"]})
             if time.monotonic() - last_log >= 10:
                 last_log = time.monotonic()
                 log.info("stats %s", orjson.dumps(dict(joiner.stats())).decode())
@@ -265,4 +333,5 @@ def run_joiner(cfg: StreamrlConfig, stop: threading.Event, archive: bool = True)
             log.exception("shutdown failed")
             code = 1
     log.info("stopped %s", orjson.dumps(dict(joiner.stats())).decode())
+    metrics.stop()
     return code

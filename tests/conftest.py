@@ -48,6 +48,9 @@ def kafka_cfg(broker: LocalBroker, request: pytest.FixtureRequest, tmp_path: Pat
             f"kafka.bootstrap_servers={broker.bootstrap}",
             f"kafka.join_group={prefix}-joiner",
             f"archive.dir={tmp_path / 'archive'}",
+            "metrics.supervisor_port=0",  # tests open endpoints on free ports when they check them
+            "metrics.joiner_port=0",
+            "metrics.learner_port=0",
             *FAST_KAFKA,
             *[f"kafka.topics.{t}={prefix}.{t}" for t in topics],
         ]

@@ -33,6 +33,10 @@ def overrides(cfg: StreamrlConfig) -> list[str]:
         f"kafka.heartbeat_interval_ms={k.heartbeat_interval_ms}",
         f"archive.dir={cfg.archive.dir}",
         *[
+            f"metrics.{p}_port={getattr(cfg.metrics, p + '_port')}"
+            for p in ("supervisor", "joiner", "learner")
+        ],
+        *[
             f"kafka.topics.{name}={getattr(t, name)}"
             for name in ("impressions", "clicks", "orders", "items", "rewards", "dlq")
         ],
@@ -86,3 +90,27 @@ def flags(rec: dict) -> tuple[list, list, list]:
         sorted(i["item_id"] for i in items if i["clicked"]),
         sorted(i["item_id"] for i in items if i["ordered"]),
     )
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def scrape(port: int, path: str = "/metrics", timeout_s: float = 30.0) -> str:
+    """GET a local endpoint, retrying until the process has opened it."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+                return str(resp.read().decode())
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)

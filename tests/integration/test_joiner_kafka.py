@@ -3,6 +3,7 @@ kill -9 recovery, and the reader's duplicate dropping."""
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import signal
@@ -24,10 +25,12 @@ from stream.synthetic import SynthSpec, generate
 from .helpers import (
     TEST_JOIN,
     flags,
+    free_port,
     overrides,
     produce,
     read_all_records,
     reference_records,
+    scrape,
     start_joiner,
 )
 
@@ -76,9 +79,25 @@ def test_join_end_to_end_matches_replay(kafka_cfg: StreamrlConfig, tmp_path: Pat
     t = cfg.kafka.topics
     kafka_io.ensure_topics(cfg.kafka, [t.impressions, t.clicks, t.orders, t.items, t.rewards, t.dlq])
     produce(cfg, lines)
-    proc = start_joiner(cfg, tmp_path / "joiner.log")
+    port = free_port()
+    proc = start_joiner(cfg, tmp_path / "joiner.log", [f"metrics.joiner_port={port}"])
     try:
         got, dups = read_all_records(cfg, expect=len(want), timeout_s=90)
+        # /metrics answers with the issue's series; the counters agree with what was produced
+        deadline = time.monotonic() + 15
+        while f"streamrl_joiner_records_out_total {float(len(want))}" not in (text := scrape(port)):
+            assert time.monotonic() < deadline, text[-2000:]
+            time.sleep(0.5)
+        for series in (
+            f'streamrl_joiner_consumer_lag{{partition="0",topic="{t.impressions}"}}',
+            f'streamrl_joiner_events_in_total{{topic="{t.clicks}"}}',
+            'streamrl_joiner_dead_letters_total{reason="orphan"}',
+            "streamrl_joiner_open_requests ",
+            "streamrl_joiner_state_bytes ",
+            "streamrl_joiner_late_events_total ",
+        ):
+            assert series in text, series
+        assert json.loads(scrape(port, "/healthz"))["ok"] is True
     finally:
         code = _stop(proc)
     assert code == 0, (tmp_path / "joiner.log").read_text()[-3000:]

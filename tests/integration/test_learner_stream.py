@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import queue
+import re
 import signal
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from checkpoints.store import CheckpointStore, verify
 from configs import StreamrlConfig
 from stream import kafka_io
 
-from .helpers import overrides
+from .helpers import free_port, overrides, scrape
 
 pytestmark = pytest.mark.integration
 TINY = [*TINY_LEARN, "checkpoint.every_steps=2", "checkpoint.every_s=null", "push.enabled=false"]
@@ -139,7 +140,9 @@ class _Lines:
 
 def test_live_weights_scheduled_push_and_resume(kafka_cfg: StreamrlConfig, world_on_topic: Path) -> None:
     tmp = world_on_topic
+    port = free_port()
     live = ["--set", "push.enabled=true", "--set", "push.every_s=2", "--set", "push.eval_beam=4"]
+    live += ["--set", f"metrics.learner_port={port}"]
     proc = subprocess.Popen(
         _learn(kafka_cfg, tmp, *live),
         stdout=subprocess.PIPE,
@@ -201,6 +204,23 @@ def test_live_weights_scheduled_push_and_resume(kafka_cfg: StreamrlConfig, world
             time.sleep(0.5)
         assert (serving / "1" / "manifest.json").exists()
         last = lines.until(lambda r: True, 30)["step"]
+        text = scrape(port)
+        for series in (
+            "streamrl_learner_steps_total ",
+            "streamrl_learner_skipped_steps_total ",
+            "streamrl_learner_rollouts_per_second ",
+            'streamrl_learner_reward{component="rel",kind="weighted"}',
+            "streamrl_learner_advantage_std ",
+            "streamrl_learner_loss ",
+            "streamrl_learner_grad_norm ",
+            "streamrl_learner_weights_version 1.0",
+            "streamrl_learner_last_push_timestamp_seconds ",
+        ):
+            assert series in text, (series, text[-3000:])
+        served = re.search(r"^streamrl_learner_served_version (\S+)$", text, re.M)
+        assert served and float(served.group(1)) >= 1.0
+        health = json.loads(scrape(port, "/healthz"))
+        assert health["ok"] and health["step"] >= 1 and health["weights_version"] == 1
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
