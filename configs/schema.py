@@ -171,6 +171,7 @@ class LearnConfig(Section):
     buffer_size: int = Field(20_000, ge=1)  # ops: streaming: recent records kept for sampling
     buffer_max_age_s: float = Field(3600.0, gt=0)  # ops: streaming: records older (event time) leave
     run_dir: str = "runs/local/learner"  # ops: checkpoints/, heldout.parquet (`--out` overrides)
+    sids_dir: str = "runs/local/sids"  # ops: the `streamrl sids build` folder (`--sids` overrides)
 
 
 class CheckpointConfig(Section):
@@ -231,6 +232,17 @@ class WeightsConfig(Section):
     poll_s: float = Field(1.0, gt=0.0)  # ops: the learner re-reads current.json at most this often
 
 
+class RunConfig(Section):
+    """`streamrl run`: the supervisor of the joiner and learner child processes (streamrl/supervisor.py)."""
+
+    joiners: int = Field(1, ge=0)  # ops: joiner children (scale further with more hosts/partitions)
+    learner: bool = True  # ops: run the learner child here (false: the learner lives on a GPU host)
+    restart_backoff_s: float = Field(1.0, gt=0.0)  # ops: first restart delay of a crashed child
+    restart_backoff_max_s: float = Field(30.0, gt=0.0)  # ops: doubling stops here
+    healthy_after_s: float = Field(60.0, gt=0.0)  # ops: a child up this long starts over at the first delay
+    drain_timeout_s: float = Field(25.0, gt=0.0)  # ops: SIGTERM → children drain; then SIGKILL
+
+
 class MetricsConfig(Section):
     """/metrics (Prometheus) and /healthz (JSON) of each process (stream/metrics.py)."""
 
@@ -251,6 +263,7 @@ class StreamrlConfig(Section):
     push: PushConfig = PushConfig()
     serving: ServingConfig = ServingConfig()
     weights: WeightsConfig = WeightsConfig()
+    run: RunConfig = RunConfig()
     metrics: MetricsConfig = MetricsConfig()
 
     @model_validator(mode="after")

@@ -341,6 +341,7 @@ def run_streaming(
             sl.metrics.start(cfg.metrics.host, cfg.metrics.learner_port)
         except OSError as exc:
             log.error("metrics endpoint not started on port %d: %s", cfg.metrics.learner_port, exc)
+    sl._publish(force=True)  # /metrics and /healthz answer from the start
     reader = RewardReader(cfg.kafka, cfg.kafka.learn_group)
     sched = sl.start_scheduler()
     try:

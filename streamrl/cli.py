@@ -325,7 +325,9 @@ def sids_build(
 
 @app.command()
 def learn(
-    sids: Annotated[Path, typer.Option(help="A `streamrl sids build` folder.")],
+    sids: Annotated[
+        Path | None, typer.Option(help="A `streamrl sids build` folder (default learn.sids_dir).")
+    ] = None,
     out: Annotated[
         Path | None, typer.Option(help="Run folder: RUN_DIR/checkpoints/<step>/ (default learn.run_dir).")
     ] = None,
@@ -353,7 +355,9 @@ def learn(
         from rl.streaming import run_streaming
 
         _logging()
-        raise typer.Exit(run_streaming(cfg, sids, out, _stop_on_signals(), steps, seed))
+        raise typer.Exit(
+            run_streaming(cfg, sids or Path(cfg.learn.sids_dir), out, _stop_on_signals(), steps, seed)
+        )
     if steps is None:
         console.print("[red]offline learning needs --steps[/red]")
         raise typer.Exit(2)
@@ -362,12 +366,29 @@ def learn(
         if weights is not None:
             policy = RewardPolicy(parse_rewards(weights.read_text(encoding="utf-8"), str(weights)), 0)
         summary = run_offline(
-            cfg.learn, records, sids, steps, out or Path(cfg.learn.run_dir), seed, policy=policy
+            cfg.learn,
+            records,
+            sids or Path(cfg.learn.sids_dir),
+            steps,
+            out or Path(cfg.learn.run_dir),
+            seed,
+            policy=policy,
         )
     except (ValueError, OSError, WeightsError) as exc:
         console.print(f"[red]refused:[/red] {exc}")
         raise typer.Exit(2) from None
     console.print(f"checkpoint {summary['checkpoint']}: {json.dumps(summary)}")
+
+
+@app.command()
+def run(config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """The daemon: the joiner(s) and the learner as supervised child processes (restarted with
+    backoff); SIGTERM drains them and exits 0."""
+    from streamrl.supervisor import child_commands, supervise
+
+    cfg = _config(config, set_)
+    _logging()
+    raise typer.Exit(supervise(cfg, child_commands(cfg, config, set_ or []), _stop_on_signals()))
 
 
 @app.command("eval")

@@ -47,6 +47,7 @@ def kafka_cfg(broker: LocalBroker, request: pytest.FixtureRequest, tmp_path: Pat
         overrides=[
             f"kafka.bootstrap_servers={broker.bootstrap}",
             f"kafka.join_group={prefix}-joiner",
+            f"kafka.learn_group={prefix}-learner",
             f"archive.dir={tmp_path / 'archive'}",
             "metrics.supervisor_port=0",  # tests open endpoints on free ports when they check them
             "metrics.joiner_port=0",

@@ -29,6 +29,7 @@ def overrides(cfg: StreamrlConfig) -> list[str]:
     return [
         f"kafka.bootstrap_servers={k.bootstrap_servers}",
         f"kafka.join_group={k.join_group}",
+        f"kafka.learn_group={k.learn_group}",
         f"kafka.session_timeout_ms={k.session_timeout_ms}",
         f"kafka.heartbeat_interval_ms={k.heartbeat_interval_ms}",
         f"archive.dir={cfg.archive.dir}",
