@@ -166,7 +166,12 @@ class StreamingLearner:
                 taken += 1
                 if not stats.skipped and lc.algo != "sft":
                     self.rollouts += lc.batch_prompts * lc.group_size
-                line = {"step": learner.steps, "skipped_total": learner.skipped, "buffer": len(self.buffer)}
+                line = {
+                    "step": learner.steps,
+                    "ts": round(time.time(), 3),
+                    "skipped_total": learner.skipped,
+                    "buffer": len(self.buffer),
+                }
                 print(json.dumps({**line, "heldout": len(self.heldout), **stats.values}), flush=True)
             self._publish()
             due = ck.every_steps is not None and learner.steps - self.last_saved_step >= ck.every_steps
@@ -251,7 +256,11 @@ class StreamingLearner:
                 "buffer": len(self.buffer),
                 "rollouts_per_s": round(rate, 1),
                 "last_error": self.last_error,
-                **{k: m[k] for k in ("loss", "reward_mean", "reward_rel") if k in m},
+                **{
+                    k: m[k]
+                    for k in ("loss", "reward_mean", "reward_co", "reward_ctr", "reward_rel")
+                    if k in m
+                },
             },
         )
 

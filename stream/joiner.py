@@ -317,7 +317,18 @@ def run_joiner(cfg: StreamrlConfig, stop: threading.Event, archive: bool = True)
                     state_bytes,
                 )
                 lag = sum(joiner.lag.values())
-                metrics.publish(values, {"ok": True, "lag": lag, "records_out": joiner.counts["records_out"]})
+                stats = joiner.stats()
+                metrics.publish(
+                    values,
+                    {
+                        "ok": True,
+                        "lag": lag,
+                        "records_out": stats["records_out"],
+                        "dead_out": stats["dead_out"],
+                        "open_requests": stats["open_requests"],
+                        "events_in": sum(joiner.events_in.values()),
+                    },
+                )
             if time.monotonic() - last_log >= 10:
                 last_log = time.monotonic()
                 log.info("stats %s", orjson.dumps(dict(joiner.stats())).decode())

@@ -419,15 +419,18 @@ def eval_cmd(
 
 @app.command()
 def demo(
-    duration: Annotated[float, typer.Option(help="Seconds of streaming before stopping.")] = 60.0,
-    requests_per_s: Annotated[float, typer.Option("--rate")] = 200.0,
-    out: Annotated[Path, typer.Option(help="Run directory.")] = Path("runs/demo"),
+    duration: Annotated[float, typer.Option(help="Seconds of closed-loop traffic before stopping.")] = 600.0,
+    out: Annotated[Path, typer.Option(help="Run directory (emptied first).")] = Path("runs/demo"),
+    encoder: Annotated[
+        str, typer.Option(help="SID text encoder: minilm | hash | a local folder.")
+    ] = "minilm",
 ) -> None:
-    """The main job on the embedded default: local broker, generated events, the joiner."""
-    from stream.demo import run_demo
+    """The main job on the embedded default: local broker, simulated search engine (closed loop), the
+    daemon, the reference server, a live panel, and a PNG report at the end."""
+    from streamrl.demo import run_demo
 
     _logging("WARNING")
-    raise typer.Exit(run_demo(duration, requests_per_s, out, console, _stop_on_signals()))
+    raise typer.Exit(run_demo(duration, out, console, _stop_on_signals(), encoder))
 
 
 from streamrl import ops_cli  # noqa: E402,F401 - registers serve, push, rollback, checkpoints, weights
