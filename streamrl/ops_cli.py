@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Annotated, Any
@@ -391,3 +392,88 @@ def weights_revert(
     except WeightsError as exc:
         _refuse(exc)
     console.print(f"weights version {policy.version} in force (content of version {version})")
+
+
+# -- status ---------------------------------------------------------------------------------------
+@app.command()
+def status(as_json: JsonOpt = False, config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """A running daemon at a glance: health of each process, lag, step, served version, pin, weights
+    version, last error. Reads the /healthz endpoints (metrics.*_port) and the serving and weights
+    folders; a process that does not answer is reported as down. Exit 1 when anything is down."""
+    cfg = _config(config, set_)
+    m = cfg.metrics
+    procs: dict[str, dict[str, Any]] = {}
+    for name, port in (
+        ("supervisor", m.supervisor_port),
+        ("joiner", m.joiner_port),
+        ("learner", m.learner_port),
+    ):
+        procs[name] = _health(m.host, port) if port else {"ok": None, "note": "no endpoint configured"}
+    out: dict[str, Any] = {"processes": procs}
+    try:
+        s = _serving(cfg, None, None).status()
+        out["serving"] = {
+            "served_version": s["served_version"],
+            "pinned": s["policy"] if s["held"] else None,
+            "last_push": s["last_push"],
+            "last_event": s["last_event"],
+        }
+    except ServingError as exc:
+        out["serving"] = {"error": str(exc)}
+    try:
+        out["weights_version"] = _weights(cfg).current_version()
+    except ValueError as exc:
+        out["weights_version"] = f"unreadable: {exc}"
+    errors = [
+        f"{n}: {p.get('last_error') or p.get('error')}" for n, p in procs.items() if p.get("ok") is False
+    ]
+    out["last_error"] = errors[-1] if errors else None
+    down = any(p.get("ok") is False for p in procs.values())
+    if as_json:
+        _print(out)
+        raise typer.Exit(1 if down else 0)
+    table = Table(title="streamrl status")
+    table.add_column("what")
+    table.add_column("state")
+    for name, p in procs.items():
+        if p.get("ok") is None:
+            state = "[dim]no endpoint[/dim]"
+        elif not p.get("ok"):
+            state = f"[red]DOWN[/red] {p.get('error') or p.get('last_error') or ''}"
+        elif name == "joiner":
+            state = f"up; lag {p.get('lag')} messages, {p.get('open_requests')} open requests"
+        elif name == "learner":
+            state = f"up; step {p.get('step')}, {p.get('rollouts_per_s')} rollouts/s"
+        else:
+            kids: dict[str, Any] = p.get("children") or {}
+            state = "up; " + ", ".join(
+                f"{k} {'up' if v['up'] else 'DOWN'} ({v['restarts']} restarts)" for k, v in kids.items()
+            )
+        table.add_row(name, state)
+    sv = out["serving"]
+    pin = sv.get("pinned")
+    table.add_row(
+        "served version",
+        f"{sv.get('served_version')}" + (f" [yellow]pinned[/yellow]: {pin.get('reason')}" if pin else ""),
+    )
+    lp = sv.get("last_push") or {}
+    table.add_row(
+        "last push", f"v{lp.get('version')} (step {lp.get('step')}) at {lp.get('at')}" if lp else "none"
+    )
+    table.add_row("weights version", str(out["weights_version"]))
+    table.add_row("last error", str(out["last_error"] or "none"))
+    console.print(table)
+    raise typer.Exit(1 if down else 0)
+
+
+def _health(host: str, port: int) -> dict[str, Any]:
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/healthz", timeout=2) as resp:
+            return dict(json.loads(resp.read()))
+    except urllib.error.HTTPError as exc:
+        try:
+            return {"ok": False, **json.loads(exc.read())}
+        except ValueError:
+            return {"ok": False, "error": f"HTTP {exc.code}"}
+    except (OSError, ValueError) as exc:
+        return {"ok": False, "error": f"not answering on {host}:{port} ({exc})"}

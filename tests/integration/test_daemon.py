@@ -41,7 +41,7 @@ def _alive(pid: int) -> bool:
 
 def test_event_to_served_version_restart_and_drain(kafka_cfg: StreamrlConfig, tmp_path: Path) -> None:
     build_tiny_world(tmp_path)  # the world file, its truth and its SIDs
-    sup, learner_port, serve_port = free_port(), free_port(), free_port()
+    sup, learner_port, serve_port, joiner_port = free_port(), free_port(), free_port(), free_port()
     sets = [
         *overrides(kafka_cfg),
         *TEST_JOIN,
@@ -60,6 +60,7 @@ def test_event_to_served_version_restart_and_drain(kafka_cfg: StreamrlConfig, tm
         "serving.beam=8",
         f"metrics.supervisor_port={sup}",
         f"metrics.learner_port={learner_port}",
+        f"metrics.joiner_port={joiner_port}",
         "run.restart_backoff_s=0.5",
     ]
     args = [x for o in sets for x in ("--set", o)]
@@ -124,6 +125,24 @@ def test_event_to_served_version_restart_and_drain(kafka_cfg: StreamrlConfig, tm
         req = urllib.request.Request(f"http://127.0.0.1:{serve_port}/search", body, method="POST")
         with urllib.request.urlopen(req, timeout=30) as resp:
             assert len(json.loads(resp.read())["items"]) == 3
+        # `streamrl status` summarises the running daemon
+        st = subprocess.run(
+            [sys.executable, "-m", "streamrl", "status", "--json", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert st.returncode == 0, st.stdout + st.stderr[-2000:]
+        summary = json.loads(st.stdout)
+        procs = summary["processes"]
+        assert (
+            procs["joiner"]["ok"]
+            and procs["learner"]["ok"]
+            and procs["supervisor"]["children"]["learner"]["up"]
+        )
+        assert "lag" in procs["joiner"] and procs["learner"]["step"] >= 1
+        assert summary["serving"]["served_version"] >= version and summary["weights_version"] == 0
+        assert summary["last_error"] is None
         # a crashed learner is restarted and counted
         health = json.loads(scrape(sup, "/healthz"))
         pid = health["children"]["learner"]["pid"]
