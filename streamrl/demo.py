@@ -23,10 +23,12 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
@@ -91,8 +93,9 @@ class Traffic:
     sent: int = 0
     rows: list[tuple[float, int | None, int, int, int]] = field(
         default_factory=list
-    )  # t, version, shown, clicks, orders
+    )  # t, v, shown, clicks, orders
     ranker: HttpRanker | None = None
+    orders: list[tuple[str, float]] = field(default_factory=list)  # (request_id, wall time produced)
 
     def on_request(self, req: Request) -> None:
         version = self.ranker.version if (req.served and self.ranker) else None
@@ -115,6 +118,8 @@ def _traffic(world: World, cfg: StreamrlConfig, url: str, stop: threading.Event,
             break
         kafka_io.produce_events(producer, cfg.kafka.topics, [raw])
         t.sent += 1
+        if b'"type":"order"' in raw:
+            t.orders.append((orjson.loads(raw)["request_id"], time.time()))
     producer.flush()
     producer.close()
 
@@ -128,7 +133,13 @@ def _get(url: str) -> dict[str, Any]:
 
 
 def run_demo(
-    duration: float, out: Path, console: Console, stop: threading.Event, encoder: str = "minilm"
+    duration: float,
+    out: Path,
+    console: Console,
+    stop: threading.Event,
+    encoder: str = "minilm",
+    traffic: Traffic | None = None,
+    before_broker_stops: Callable[[StreamrlConfig], None] | None = None,
 ) -> int:
     for name in ("run", "serving", "weights", "archive", "sids", "report.png", "daemon.log", "serve.log"):
         p = out / name
@@ -168,7 +179,7 @@ def run_demo(
             server = subprocess.Popen(
                 [sys.executable, "-m", "streamrl", "serve", *args], stdout=slog, stderr=slog
             )
-        traffic = Traffic()
+        traffic = traffic or Traffic()
         url = f"http://127.0.0.1:{ports['serve']}/search"
         sim_stop = threading.Event()
         sim = threading.Thread(target=_traffic, args=(world, cfg, url, sim_stop, traffic), daemon=True)
@@ -204,6 +215,8 @@ def run_demo(
                 server.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 server.kill()
+        if before_broker_stops is not None:
+            before_broker_stops(cfg)
     status = serving.status()
     report = write_report(out, started, traffic, status)
     pushed = [v["version"] for v in status["versions"]]

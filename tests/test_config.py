@@ -53,3 +53,28 @@ def test_sasl_password_comes_from_the_environment(monkeypatch: pytest.MonkeyPatc
     kw = cfg.kafka.client_kwargs()
     assert kw["sasl_plain_password"] == "s3cret" and kw["security_protocol"] == "SASL_SSL"
     assert "s3cret" not in cfg.model_dump_json()
+
+
+def test_the_production_example_is_valid_and_keeps_secrets_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    path = Path(__file__).resolve().parents[1] / "configs" / "production.example.yaml"
+    monkeypatch.setenv("STREAMRL_KAFKA_SASL_PASSWORD", "from-env")
+    cfg = load_config(path)
+    assert cfg.kafka.security_protocol == "SASL_SSL" and cfg.learn.relevance.source == "http"
+    assert cfg.kafka.client_kwargs()["sasl_plain_password"] == "from-env"
+    import yaml
+
+    def keys(node: object) -> list[str]:
+        if isinstance(node, dict):
+            return [k for k, v in node.items() for k in (str(k), *keys(v))]
+        return []
+
+    assert not [k for k in keys(yaml.safe_load(path.read_text())) if "password" in k.lower()]
+    assert cfg.metrics.host == "127.0.0.1" and cfg.serving.host == "127.0.0.1"
+
+
+def test_push_needs_a_trigger_and_a_valid_cron(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="push"):
+        load_config(overrides=["push.every_s=null"])
+    with pytest.raises(ConfigError, match="cron"):
+        load_config(overrides=["push.cron=not a cron"])
+    assert load_config(overrides=["push.cron='*/10 * * * *'"]).push.cron == "*/10 * * * *"
