@@ -14,19 +14,17 @@ as `held_push` and copy nothing. A lock file serialises pushes and rollbacks fro
 
 from __future__ import annotations
 
-import fcntl
 import getpass
 import json
 import os
 import shutil
 import socket
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from checkpoints.files import append_jsonl, fsync_dir, fsync_tree, read_jsonl, write_json
+from checkpoints.files import append_jsonl, folder_lock, fsync_dir, fsync_tree, read_jsonl, write_json
 from checkpoints.store import CheckpointError, verify
 
 POLICY = "policy.json"
@@ -188,12 +186,5 @@ class ServingRoot:
         self.dir.mkdir(parents=True, exist_ok=True)
         append_jsonl(self.dir / HISTORY, {"action": action, "at": now_iso(), "by": who(), **fields})
 
-    @contextmanager
-    def lock(self) -> Iterator[None]:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with open(self.dir / ".lock", "w") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+    def lock(self) -> AbstractContextManager[None]:
+        return folder_lock(self.dir)

@@ -18,13 +18,10 @@ active at a record's event time (start inclusive, end exclusive) with their bonu
 
 from __future__ import annotations
 
-import fcntl
 import getpass
 import hashlib
 import json
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,7 +30,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from checkpoints.files import append_jsonl, read_jsonl, write_json
+from checkpoints.files import append_jsonl, folder_lock, read_jsonl, write_json
 from configs.schema import Promotion, RewardsFile, RewardWeightsConfig
 from rewards.item import Components, RewardWeights
 
@@ -184,7 +181,7 @@ class WeightsStore:
     def _store(
         self, content: RewardsFile, author: str, reason: str, source: str, action: str, sha: str | None
     ) -> RewardPolicy:
-        with self._lock():
+        with folder_lock(self.root):
             v = max([self.current_version(), *(e["version"] for e in self.versions())]) + 1
             entry = {
                 "version": v,
@@ -203,16 +200,6 @@ class WeightsStore:
                 {"action": action, **{k: v_ for k, v_ in entry.items() if k != "content"}},
             )
         return RewardPolicy(content, v)
-
-    @contextmanager
-    def _lock(self) -> Iterator[None]:
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "w") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 class WeightsWatcher:

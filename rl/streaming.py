@@ -345,11 +345,7 @@ def run_streaming(
 ) -> int:
     run_dir = out or Path(cfg.learn.run_dir)
     sl = StreamingLearner(cfg, sids_dir, run_dir, seed)
-    if cfg.metrics.learner_port:
-        try:
-            sl.metrics.start(cfg.metrics.host, cfg.metrics.learner_port)
-        except OSError as exc:
-            log.error("metrics endpoint not started on port %d: %s", cfg.metrics.learner_port, exc)
+    sl.metrics.serve(cfg.metrics.host, cfg.metrics.learner_port)
     sl._publish(force=True)  # /metrics and /healthz answer from the start
     reader = RewardReader(cfg.kafka, cfg.kafka.learn_group)
     sched = sl.start_scheduler()

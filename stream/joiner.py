@@ -296,11 +296,7 @@ def run_joiner(cfg: StreamrlConfig, stop: threading.Event, archive: bool = True)
     last_log = last_pub = last_bytes_at = time.monotonic()
     state_bytes = 0
     metrics = ProcessMetrics("joiner")
-    if cfg.metrics.joiner_port:
-        try:
-            metrics.start(cfg.metrics.host, cfg.metrics.joiner_port)
-        except OSError as exc:
-            log.error("metrics endpoint not started on port %d: %s", cfg.metrics.joiner_port, exc)
+    metrics.serve(cfg.metrics.host, cfg.metrics.joiner_port)
     code = 0
     try:
         while not stop.is_set():

@@ -109,6 +109,16 @@ class ProcessMetrics:
         log.info("%s metrics on http://%s:%d/metrics", self.process, host, bound)
         return bound
 
+    def serve(self, host: str, port: int) -> None:
+        """`start` when a port is configured (0 = none); a port in use is logged, not fatal: the
+        process's work matters more than its metrics."""
+        if not port:
+            return
+        try:
+            self.start(host, port)
+        except OSError as exc:
+            log.error("%s metrics endpoint not started on %s:%d: %s", self.process, host, port, exc)
+
     def stop(self) -> None:
         if self.server is not None:
             self.server.shutdown()

@@ -43,6 +43,7 @@ from stream import kafka_io
 from stream.broker import LocalBroker
 
 WORLD = Path(__file__).resolve().parents[1] / "configs" / "world.yaml"
+FIRST_PUSH_GRACE_S = 120.0  # a --duration that ends before the first push waits this long for it
 
 # Short windows and cadences so the loop turns within minutes (production defaults are in schema.py).
 DEMO_SETS = [
@@ -189,10 +190,13 @@ def run_demo(
         try:
             with Live(console=console, refresh_per_second=1) as live:
                 last = (time.monotonic(), 0, 0, 0)
-                while time.monotonic() < end and not stop.wait(1.0):
+                grace = end + FIRST_PUSH_GRACE_S
+                while not stop.wait(1.0):
+                    now = time.monotonic()
+                    if now >= end and (serving.versions() or now >= grace):
+                        break  # a run too short to push is given up to FIRST_PUSH_GRACE_S more
                     j = _get(f"http://127.0.0.1:{ports['joiner']}/healthz")
                     lh = _get(f"http://127.0.0.1:{ports['learner']}/healthz")
-                    now = time.monotonic()
                     dt = max(now - last[0], 1e-6)
                     rates = (
                         (traffic.sent - last[1]) / dt,
@@ -246,7 +250,8 @@ def _panel(
     hr = (last.get("metrics") or {}).get("hr@10")
     ctr_s, n_s = traffic.ctr(60, served=True)
     ctr_l, n_l = traffic.ctr(60, served=False)
-    table = Table(title=f"streamrl demo — {left:.0f} s left (Ctrl-C stops and writes the report)")
+    when = f"{left:.0f} s left" if left >= 0 else "waiting for the first push"
+    table = Table(title=f"streamrl demo — {when} (Ctrl-C stops and writes the report)")
     table.add_column("stage")
     table.add_column("figure")
     table.add_column("value", justify="right")

@@ -61,11 +61,7 @@ def child_commands(cfg: StreamrlConfig, config: Path | None, overrides: list[str
 def supervise(cfg: StreamrlConfig, children: list[Child], stop: threading.Event) -> int:
     rc = cfg.run
     metrics = ProcessMetrics("supervisor")
-    if cfg.metrics.supervisor_port:
-        try:
-            metrics.start(cfg.metrics.host, cfg.metrics.supervisor_port)
-        except OSError as exc:
-            log.error("metrics endpoint not started on port %d: %s", cfg.metrics.supervisor_port, exc)
+    metrics.serve(cfg.metrics.host, cfg.metrics.supervisor_port)
     for c in children:
         c.backoff = rc.restart_backoff_s
         _start(c)
