@@ -10,7 +10,8 @@ Click model (after the ESCI-derived model of OpenSearch's event generator):
     examination(pos) = ln(6.7) / ln(4 * pos + 2.7)          (1 at position 1, decaying)
 Click delays are log-uniform in `click_delay_s`. Order delays after the click are drawn from the real
 click → order gaps of the OTTO sample sessions (../shared/data/otto, CC BY 4.0: 64, 257, 462, 526
-and 546 s, the ones inside a 10-minute window) times U(0.8, 1.2).
+and 546 s, the ones inside a 10-minute window) times U(0.8, 1.2). `behaviour.delay_scale` multiplies
+both delays (1 = real time; the demo compresses them so a loop turns in minutes).
 """
 
 from __future__ import annotations
@@ -138,11 +139,12 @@ class Simulator:
             if any(it.attrs.get(a) == v for a, v in user.liked.items()):
                 p *= 1 + self.b.preference_boost / 2
             if self.rng.random() < min(p, 1.0):
-                c_ts = ts_ms + int(1000 * math.exp(self.rng.uniform(math.log(lo), math.log(hi))))
+                delay_s = math.exp(self.rng.uniform(math.log(lo), math.log(hi)))
+                c_ts = ts_ms + int(1000 * delay_s * self.b.delay_scale)
                 clicks.append((it, c_ts))
                 if self.rng.random() < self.b.order_given_click[tier]:
                     gap = OTTO_ORDER_GAPS_S[int(self.rng.integers(len(OTTO_ORDER_GAPS_S)))]
-                    o_ts = c_ts + int(1000 * gap * self.rng.uniform(0.8, 1.2))
+                    o_ts = c_ts + int(1000 * gap * self.rng.uniform(0.8, 1.2) * self.b.delay_scale)
                     orders.append((it, o_ts, round(float(self.rng.uniform(5, 300)), 2)))
         heldout = bool(self.rng.random() < self.b.heldout_share)
         if not heldout and clicks:

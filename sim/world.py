@@ -69,6 +69,7 @@ class BehaviourConfig(_Section):
     order_given_click: tuple[float, float, float, float] = (0.0, 0.02, 0.06, 0.15)
     click_delay_s: tuple[float, float] = (1.0, 60.0)
     disorder_s: float = Field(10.0, ge=0)
+    delay_scale: float = Field(1.0, gt=0)  # multiplies click and order delays (the demo compresses time)
     duplicate_rate: float = Field(0.002, ge=0, le=1)
     heldout_share: float = Field(0.05, ge=0, lt=1)
 
