@@ -1,0 +1,51 @@
+"""`rollback --reset-learner`: the running learner continues from the pinned version's checkpoint at
+its next step boundary, once per request, with its step counter still counting up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tiny_world import TINY_LEARN, build_tiny_world
+
+from checkpoints.push import push
+from configs import load_config
+from rl.checkpointing import save
+from rl.offline import load_records
+from rl.streaming import StreamingLearner
+
+
+def test_reset_request_is_honoured_once(tmp_path: Path) -> None:
+    build_tiny_world(tmp_path)
+    cfg = load_config(
+        overrides=[
+            *TINY_LEARN,
+            f"serving.root={tmp_path / 'serving'}",
+            f"weights.dir={tmp_path / 'weights'}",
+        ]
+    )
+    sl = StreamingLearner(cfg, tmp_path / "sids", tmp_path / "run", seed=0)
+    records = [r for r in load_records(tmp_path / "rec") if sl.learner.usable(r)]
+    step = lambda: sl.learner.step(sl.learner.make_batch(records[:4]))  # noqa: E731
+    step()
+    save(sl.store, sl.learner)  # step 1
+    assert push(sl.store, sl.serving).version == 1
+    good = {k: v.clone() for k, v in sl.learner.model.state_dict().items()}
+    for _ in range(3):
+        step()
+    save(sl.store, sl.learner)  # step 4
+    assert push(sl.store, sl.serving).version == 2
+    assert not all(torch.equal(good[k], v) for k, v in sl.learner.model.state_dict().items())
+
+    sl.serving.pin(1, "v2 hurt CTR", "oncall", reset_learner=True)
+    sl._next_reset_check = 0.0
+    sl._maybe_reset()
+    now = sl.learner.model.state_dict()
+    assert all(torch.equal(good[k], now[k]) for k in good)  # the weights of version 1 (step 1)
+    assert sl.learner.steps == 4  # counting goes on: the next checkpoint is 5, not 2
+    assert [h["action"] for h in sl.serving.history()][-1] == "learner_reset"
+    step()
+    sl._next_reset_check = 0.0
+    sl._maybe_reset()  # the same request is not honoured twice
+    assert sl.learner.steps == 5 and [h["action"] for h in sl.serving.history()].count("learner_reset") == 1
+    assert save(sl.store, sl.learner).name == "0000000005"
