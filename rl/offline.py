@@ -1,12 +1,18 @@
 """`streamrl learn --records DIR --sids DIR --steps N --out RUN_DIR`: the learner on Parquet records
 (written by `streamrl replay`), ending in a checkpoint in the store: RUN_DIR/checkpoints/<step>/ —
 HF format (AutoModelForCausalLM loads it), its tokenizer, the SID codebook, optimizer and learner
-state, and a manifest (checkpoints/store.py). `streamrl push --run-dir RUN_DIR` can push it."""
+state, and a manifest (checkpoints/store.py). `streamrl push --run-dir RUN_DIR` can push it.
+
+The final model is also exported to RUN_DIR itself (config, safetensors, tokenizer, codebook; each
+file replaced atomically), so `AutoModelForCausalLM.from_pretrained(RUN_DIR)` and
+`streamrl eval --checkpoint RUN_DIR` load the result of an offline run directly."""
 
 from __future__ import annotations
 
 import json
+import os
 import random
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -14,10 +20,11 @@ from typing import Any
 from checkpoints.store import CheckpointStore
 from configs.schema import LearnConfig
 from rewards.weights import RewardPolicy
-from rl.checkpointing import level_sizes, new_learner, save
+from rl.checkpointing import OPTIMIZER, STATE, level_sizes, new_learner, save
 from stream.records import read_records
 
 __all__ = ["level_sizes", "load_records", "run_offline"]
+NOT_EXPORTED = {OPTIMIZER, STATE, "manifest.json"}  # training state stays in the store
 
 
 def load_records(folder: Path) -> list[dict[str, Any]]:
@@ -62,5 +69,19 @@ def run_offline(
         "weights_version": learner.policy.version,
     }
     path = save(CheckpointStore(out), learner, metrics=last, extra={"summary": summary, "history": history})
+    export(path, out)
     summary["checkpoint"] = str(path)
     return summary
+
+
+def export(checkpoint: Path, out: Path) -> None:
+    """The checkpoint's inference files into `out` (temp copy, then one atomic replace per file)."""
+    tmp = out / ".export.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    names = [p.name for p in checkpoint.iterdir() if p.is_file() and p.name not in NOT_EXPORTED]
+    for name in names:
+        shutil.copy2(checkpoint / name, tmp / name)
+    for name in names:
+        os.replace(tmp / name, out / name)
+    tmp.rmdir()

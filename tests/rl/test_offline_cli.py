@@ -30,6 +30,12 @@ def test_offline_learn_and_eval(tmp_path: Path) -> None:
     ckpt = out / "checkpoints" / "0000000004"  # the store's layout (checkpoints/store.py)
     model = AutoModelForCausalLM.from_pretrained(str(ckpt), local_files_only=True)  # HF format
     assert model.config.vocab_size > 256
+    exported = AutoModelForCausalLM.from_pretrained(str(out), local_files_only=True)  # RUN_DIR itself
+    assert all(
+        (a == b).all()
+        for a, b in zip(exported.state_dict().values(), model.state_dict().values(), strict=True)
+    )
+    assert (out / "sid_codebook.parquet").exists() and not (out / "optimizer.pt").exists()
     manifest = json.loads((ckpt / "manifest.json").read_text())
     assert manifest["step"] == 4 and manifest["weights_version"] == 0
     assert {"model.safetensors", "sid_codebook.parquet", "optimizer.pt", "learner_state.json"} <= set(
