@@ -42,7 +42,7 @@ from rewards.relevance import RelevanceSource, make_relevance
 from rewards.weights import ItemInfo, RewardPolicy, default_policy
 from rl.advantages import grpo_advantages, tpma_advantages
 from rl.loss import grpo_loss, tpma_grpo_loss
-from rl.policy import SidVocab, format_prompt, rollout, sequence_logp
+from rl.policy import SidVocab, format_prompt, rollout_with_targets, sequence_logp
 from rl.sid import SidCodebook
 
 Record = dict[str, Any]
@@ -190,8 +190,12 @@ class Learner:
             loss = self._sft_nll(batch)
             stats = {"loss": float(loss.detach())}
         else:
-            with self.amp():  # one pass samples and keeps the graph (rl/policy.py `rollout`)
-                codes, logp = rollout(
+            # one pass samples, keeps the graph, and teacher-forces each prompt's first target for
+            # the SFT term (rl/policy.py `rollout_with_targets`)
+            want_sft = cfg.algo == "tpma" and cfg.sft_weight > 0
+            targets = [t[0] if (t and want_sft) else None for t in batch.targets]
+            with self.amp():
+                codes, logp, target_logp = rollout_with_targets(
                     self.model,
                     self.tok,
                     batch.prompts,
@@ -200,7 +204,8 @@ class Learner:
                     cfg.temperature,
                     cfg.constrained,
                     self.gen,
-                    grad=True,
+                    True,
+                    targets,
                 )
             old_logp = logp.detach()
             dev = logp.device  # advantages and gates are computed on the CPU (rl/advantages.py)
@@ -211,7 +216,7 @@ class Learner:
             mask = torch.ones_like(logp)
             if cfg.algo == "tpma":
                 adv, gates = self._tpma(batch, codes, rewards)
-                sft = self._sft_nll(batch) if cfg.sft_weight else None
+                sft = -target_logp.sum(dim=1).mean() if len(target_logp) else None
                 loss, stats = tpma_grpo_loss(
                     logp, old_logp, adv.to(dev), gates.to(dev), mask, sft, cfg.sft_weight
                 )

@@ -52,3 +52,36 @@ def test_rollout_logp_equals_teacher_forced_logp_with_left_padding() -> None:
     assert torch.allclose(logp, again.detach(), atol=1e-4)
     again.sum().backward()  # gradients reach the parameters
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_forced_target_rows_score_like_teacher_forcing_and_leave_sampling_unchanged() -> None:
+    from rl.policy import rollout_with_targets, sequence_logp
+
+    tok = build_tokenizer(LEVELS)
+    model = build_model(tok, PolicyShape(hidden=32, layers=2, heads=2, intermediate=64), seed=2)
+    items = [(1, 2, 3, 0, 1), (1, 2, 0, 1, 0), (5, 0, 0, 0, 0)]
+    vocab = SidVocab(tok, LEVELS, items)
+    prompts = ["short", "a longer query, left-padded 很长", "third"]
+    targets = [(1, 2, 3, 0, 1), None, (5, 0, 0, 0, 0)]
+    for temperature, constrained in ((1.0, False), (0.7, True)):
+        plain, plain_logp = rollout(
+            model, tok, prompts, vocab, 4, temperature, constrained, torch.Generator().manual_seed(3)
+        )
+        codes, logp, forced = rollout_with_targets(
+            model,
+            tok,
+            prompts,
+            vocab,
+            4,
+            temperature,
+            constrained,
+            torch.Generator().manual_seed(3),
+            True,
+            targets,
+        )
+        assert torch.equal(codes, plain) and torch.allclose(logp.detach(), plain_logp, atol=1e-5)
+        # the SFT rows: temperature 1, no trie, exactly what a separate teacher-forced pass gives
+        want = sequence_logp(model, tok, ["short", "third"], vocab, torch.tensor([targets[0], targets[2]]), 1)
+        assert forced.shape == (2, 5) and torch.allclose(forced.detach(), want.detach(), atol=1e-4)
+    (-forced.sum()).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
