@@ -174,75 +174,63 @@ def rollout_with_targets(
     (temperature 1, no trie) — what the SFT cross-entropy needs — so the SFT term costs L rows of
     cached decoding instead of a second forward pass over the prompts."""
     with torch.set_grad_enabled(grad):
-        return _rollout(model, tok, prompts, vocab, G, temperature, constrained, generator, targets)
-
-
-def _rollout(
-    model: PreTrainedModel,
-    tok: PreTrainedTokenizerBase,
-    prompts: Sequence[str],
-    vocab: SidVocab,
-    G: int,
-    temperature: float,
-    constrained: bool,
-    generator: torch.Generator | None,
-    targets: Sequence[Sequence[int] | None],
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    tok.padding_side = "left"
-    enc = tok(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
-    device = next(model.parameters()).device
-    ids = enc["input_ids"].to(device)  # [B, T]
-    mask = enc["attention_mask"].to(device)  # [B, T]
-    out = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=True)
-    B = ids.shape[0]
-    forced = [b for b in range(B) if targets[b] is not None]
-    # rows: G samples of prompt 0, ..., G samples of prompt B-1, then one forced row per target
-    rows = torch.tensor([b for b in range(B) for _ in range(G)] + forced, device=device)
-    past = out.past_key_values
-    past.batch_select_indices(rows)
-    logits = out.logits[:, -1, :][rows]  # [N + F, V]
-    mask = mask[rows]
-    N, F = B * G, len(forced)
-    forced_codes = torch.tensor([list(targets[b] or ()) for b in forced], dtype=torch.long).reshape(
-        F, vocab.L
-    )
-    codes = torch.zeros((N, vocab.L), dtype=torch.long)
-    logps, forced_logps = [], []
-    for lvl in range(vocab.L):
-        level_ids = vocab.level_ids[lvl].to(device)
-        raw = logits[:, level_ids].float()  # [N + F, K_l]
-        scores = raw[:N] / max(temperature, 1e-6)
-        if constrained:
-            allow = torch.full(scores.shape, float("-inf"))
-            for n in range(N):
-                ok = vocab.allowed_codes(tuple(codes[n, :lvl].tolist()))
-                if ok:
-                    allow[n, ok] = 0.0
-            scores = scores + allow.to(device)
-        logp_all = torch.log_softmax(scores, dim=-1)
-        # sampled on the CPU so a seeded CPU generator serves any device
-        pick = torch.multinomial(logp_all.detach().exp().cpu(), 1, generator=generator).squeeze(1)
-        codes[:, lvl] = pick
-        pick_dev = pick.to(device)
-        logps.append(logp_all.gather(1, pick_dev[:, None]).squeeze(1))
-        if F:
-            want = forced_codes[:, lvl].to(device)
-            forced_logps.append(torch.log_softmax(raw[N:], dim=-1).gather(1, want[:, None]).squeeze(1))
-        if lvl == vocab.L - 1:
-            break  # the last token's forward pass would feed nothing
-        next_ids = level_ids[torch.cat([pick_dev, forced_codes[:, lvl].to(device)])][:, None]  # [N + F, 1]
-        mask = torch.cat([mask, torch.ones_like(next_ids)], dim=1)
-        out = model(
-            input_ids=next_ids,
-            attention_mask=mask,
-            past_key_values=past,
-            use_cache=True,
-            position_ids=_positions(mask)[:, -1:],
-        )
+        tok.padding_side = "left"
+        enc = tok(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
+        device = next(model.parameters()).device
+        ids = enc["input_ids"].to(device)  # [B, T]
+        mask = enc["attention_mask"].to(device)  # [B, T]
+        out = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=True)
+        B = ids.shape[0]
+        forced = [b for b in range(B) if targets[b] is not None]
+        # rows: G samples of prompt 0, ..., G samples of prompt B-1, then one forced row per target
+        rows = torch.tensor([b for b in range(B) for _ in range(G)] + forced, device=device)
         past = out.past_key_values
-        logits = out.logits[:, -1, :]
-    forced_logp = torch.stack(forced_logps, dim=1) if F else torch.zeros((0, vocab.L), device=device)
-    return codes, torch.stack(logps, dim=1), forced_logp
+        past.batch_select_indices(rows)
+        logits = out.logits[:, -1, :][rows]  # [N + F, V]
+        mask = mask[rows]
+        N, F = B * G, len(forced)
+        forced_codes = torch.tensor([list(targets[b] or ()) for b in forced], dtype=torch.long).reshape(
+            F, vocab.L
+        )
+        codes = torch.zeros((N, vocab.L), dtype=torch.long)
+        logps, forced_logps = [], []
+        for lvl in range(vocab.L):
+            level_ids = vocab.level_ids[lvl].to(device)
+            raw = logits[:, level_ids].float()  # [N + F, K_l]
+            scores = raw[:N] / max(temperature, 1e-6)
+            if constrained:
+                allow = torch.full(scores.shape, float("-inf"))
+                for n in range(N):
+                    ok = vocab.allowed_codes(tuple(codes[n, :lvl].tolist()))
+                    if ok:
+                        allow[n, ok] = 0.0
+                scores = scores + allow.to(device)
+            logp_all = torch.log_softmax(scores, dim=-1)
+            # sampled on the CPU so a seeded CPU generator serves any device
+            pick = torch.multinomial(logp_all.detach().exp().cpu(), 1, generator=generator).squeeze(1)
+            codes[:, lvl] = pick
+            pick_dev = pick.to(device)
+            logps.append(logp_all.gather(1, pick_dev[:, None]).squeeze(1))
+            if F:
+                want = forced_codes[:, lvl].to(device)
+                forced_logps.append(torch.log_softmax(raw[N:], dim=-1).gather(1, want[:, None]).squeeze(1))
+            if lvl == vocab.L - 1:
+                break  # the last token's forward pass would feed nothing
+            next_ids = level_ids[torch.cat([pick_dev, forced_codes[:, lvl].to(device)])][
+                :, None
+            ]  # [N + F, 1]
+            mask = torch.cat([mask, torch.ones_like(next_ids)], dim=1)
+            out = model(
+                input_ids=next_ids,
+                attention_mask=mask,
+                past_key_values=past,
+                use_cache=True,
+                position_ids=_positions(mask)[:, -1:],
+            )
+            past = out.past_key_values
+            logits = out.logits[:, -1, :]
+        forced_logp = torch.stack(forced_logps, dim=1) if F else torch.zeros((0, vocab.L), device=device)
+        return codes, torch.stack(logps, dim=1), forced_logp
 
 
 def _positions(mask: torch.Tensor) -> torch.Tensor:
