@@ -138,6 +138,42 @@ class CtrTable:
     def _half_life_ms(self) -> float:
         return self.prior.half_life_s * 1000.0
 
+    # -- persistence (the learner's checkpoint carries its table) ------------------------------
+    def state(self) -> tuple[dict[str, float | None], dict[str, tuple[list[str], np.ndarray, np.ndarray]]]:
+        """(clock and global counts, {"items"|"pairs": (keys, clicks, impressions)}), counts as stored
+        (scaled to the table's reference time), so `load_state` restores the table exactly."""
+        clock: dict[str, float | None] = {
+            "t_ref_ms": self._t_ref_ms,
+            "now_ms": self._now_ms,
+            "scale_now": self._scale_now,
+            "global_clicks": self._global[0],
+            "global_impressions": self._global[1],
+        }
+        counts = {}
+        for name, table in (("items", self._items), ("pairs", self._pairs)):
+            live = len(table.index)
+            counts[name] = (list(table.index), table.c[:live].copy(), table.n[:live].copy())
+        return clock, counts
+
+    def load_state(
+        self, clock: dict[str, float | None], counts: dict[str, tuple[list[str], np.ndarray, np.ndarray]]
+    ) -> None:
+        t_ref = clock["t_ref_ms"]
+        self._t_ref_ms = None if t_ref is None else int(t_ref)
+        self._now_ms = int(clock["now_ms"] or 0)
+        self._scale_now = float(clock["scale_now"] or 1.0)
+        self._global = [float(clock["global_clicks"] or 0.0), float(clock["global_impressions"] or 0.0)]
+        for name, target in (("items", self._items), ("pairs", self._pairs)):
+            keys, c, n = counts[name]
+            if not (len(keys) == len(c) == len(n)):
+                raise ValueError(f"CTR state {name}: {len(keys)} keys, {len(c)} clicks, {len(n)} impressions")
+            target.index = {k: i for i, k in enumerate(keys)}
+            size = max(len(keys), 1024)
+            target.c = np.zeros(size)
+            target.n = np.zeros(size)
+            target.c[: len(keys)] = c
+            target.n[: len(keys)] = n
+
     def _scale(self, ts_ms: int) -> float:
         if self._t_ref_ms is None:
             self._t_ref_ms = ts_ms

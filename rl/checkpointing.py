@@ -5,7 +5,8 @@ Files written into the store's temp folder (checkpoints/store.py adds manifest.j
     tokenizer.json, tokenizer_config.json, ...                its tokenizer, SID tokens included
     sid_codebook.parquet, sid_centroids.safetensors, sid_meta.json   the codebook it was trained on
     optimizer.pt          AdamW state; loaded with torch.load(weights_only=True) (no pickle of code)
-    learner_state.json    steps, skipped steps, weights version, honoured reset requests
+    learner_state.json    steps, skipped steps, weights version, honoured reset requests, CTR clock
+    ctr_table.parquet     the posterior CTR counts the learner keeps for items a request did not show
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
@@ -27,6 +30,7 @@ from rl.sid import CENTROIDS_FILE, CODEBOOK_FILE, META_FILE, SidCodebook, load_c
 
 OPTIMIZER = "optimizer.pt"
 STATE = "learner_state.json"
+CTR_STATE = "ctr_table.parquet"  # the learner's posterior CTR counts (for items a request did not show)
 
 
 def level_sizes(book: SidCodebook) -> list[int]:
@@ -48,7 +52,20 @@ def fill(folder: Path, learner: Learner, extra: dict[str, Any] | None = None) ->
     for name in (CODEBOOK_FILE, CENTROIDS_FILE, META_FILE):
         shutil.copy2(learner.codebook_dir / name, folder / name)
     torch.save(learner.opt.state_dict(), folder / OPTIMIZER)
+    clock, counts = learner.ctr.state()
+    pq.write_table(
+        pa.table(
+            {
+                "kind": [name for name, (keys, _, _) in counts.items() for _ in keys],
+                "key": [k for keys, _, _ in counts.values() for k in keys],
+                "clicks": np.concatenate([c for _, c, _ in counts.values()]),
+                "impressions": np.concatenate([n for _, _, n in counts.values()]),
+            }
+        ),
+        folder / CTR_STATE,
+    )
     state = {
+        "ctr_clock": clock,
         "steps": learner.steps,
         "skipped": learner.skipped,
         "weights_version": learner.policy.version,
@@ -114,6 +131,19 @@ def restore_state(learner: Learner, folder: Path) -> None:
         learner.opt.load_state_dict(state)
     if (folder / STATE).exists():
         s = json.loads((folder / STATE).read_text())
+        if "ctr_clock" in s and (folder / CTR_STATE).exists():
+            import pyarrow.compute as pc
+
+            t = pq.read_table(folder / CTR_STATE)
+            counts = {}
+            for name in ("items", "pairs"):
+                part = t.filter(pc.equal(t["kind"], name))
+                counts[name] = (
+                    part["key"].to_pylist(),
+                    part["clicks"].to_numpy().astype(np.float64),
+                    part["impressions"].to_numpy().astype(np.float64),
+                )
+            learner.ctr.load_state(s["ctr_clock"], counts)
         learner.steps = int(s.get("steps", 0))
         learner.skipped = int(s.get("skipped", 0))
         learner.resets_done = set(s.get("resets_done", []))

@@ -20,11 +20,11 @@ from typing import Any
 from checkpoints.store import CheckpointStore
 from configs.schema import LearnConfig
 from rewards.weights import RewardPolicy
-from rl.checkpointing import OPTIMIZER, STATE, level_sizes, new_learner, save
+from rl.checkpointing import CTR_STATE, OPTIMIZER, STATE, level_sizes, new_learner, save
 from stream.records import read_records
 
 __all__ = ["level_sizes", "load_records", "run_offline"]
-NOT_EXPORTED = {OPTIMIZER, STATE, "manifest.json"}  # training state stays in the store
+NOT_EXPORTED = {OPTIMIZER, STATE, CTR_STATE, "manifest.json"}  # training state stays in the store
 
 
 def load_records(folder: Path) -> list[dict[str, Any]]:

@@ -89,3 +89,23 @@ def test_batch_equals_score_then_observe_per_request() -> None:
             stamps.append(ts)
         got = fast.score_then_observe_batch(queries, flat, clicks, lens, stamps)
         assert got.tolist() == pytest.approx(expected, rel=1e-9)
+
+
+def test_state_round_trip_restores_the_table_exactly() -> None:
+    import numpy as np
+
+    from rewards.ctr import CtrPrior, CtrTable
+
+    a = CtrTable(CtrPrior(half_life_s=60.0))
+    rng = np.random.default_rng(0)
+    for t in range(300):  # long enough in event time to rebase the reference clock
+        items = [f"i{int(x)}" for x in rng.integers(0, 30, size=5)]
+        a.observe(f"q{t % 7}", items, [bool(x) for x in rng.random(5) < 0.2], 1_000_000 + t * 2_000)
+    b = CtrTable(CtrPrior(half_life_s=60.0))
+    b.load_state(*a.state())
+    probe = [f"i{n}" for n in range(35)]
+    for q in ("q0", "q3", "unseen"):
+        assert a.score(q, probe, 1_700_000) == b.score(q, probe, 1_700_000)
+    a.observe("q1", ["i1", "i2"], [True, False], 1_700_500)
+    b.observe("q1", ["i1", "i2"], [True, False], 1_700_500)
+    assert a.score("q1", probe, 1_701_000) == b.score("q1", probe, 1_701_000)

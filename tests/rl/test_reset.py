@@ -48,4 +48,16 @@ def test_reset_request_is_honoured_once(tmp_path: Path) -> None:
     sl._next_reset_check = 0.0
     sl._maybe_reset()  # the same request is not honoured twice
     assert sl.learner.steps == 5 and [h["action"] for h in sl.serving.history()].count("learner_reset") == 1
-    assert save(sl.store, sl.learner).name == "0000000005"
+    path = save(sl.store, sl.learner)
+    assert path.name == "0000000005"
+    # a restart restores the learner's posterior CTR table along with the model and counters
+    sl.learner.observe(records)
+    probe = sorted(sl.learner.book.sids)[:40]
+    query, ts = records[0]["query"], records[-1]["ts_ms"]
+    path = save(sl.store, sl.learner)
+    again = StreamingLearner(cfg, tmp_path / "sids", tmp_path / "run", seed=0)
+    assert again.learner.steps == 5
+    assert again.learner.ctr.score(query, probe, ts) == sl.learner.ctr.score(query, probe, ts)
+    assert again.learner.ctr.score(query, probe, ts) != StreamingLearner(
+        cfg, tmp_path / "sids", tmp_path / "fresh", seed=0
+    ).learner.ctr.score(query, probe, ts)
