@@ -20,12 +20,13 @@ import math
 import time
 import urllib.request
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from checkpoints.serving import ServingRoot
-from checkpoints.store import CheckpointError, CheckpointStore, verify
+from checkpoints.store import Checkpoint, CheckpointError, CheckpointStore, verify
 
 log = logging.getLogger("streamrl.push")
 Evaluate = Callable[[Path], float | None]
@@ -87,6 +88,26 @@ def push(
         ckpt = ckpts[-1]
     else:
         return PushResult(False, "no checkpoint to push yet")
+    with ExitStack() as stack:
+        try:  # retention leaves a held checkpoint alone while it is evaluated and copied
+            stack.enter_context(store.holding(ckpt.step))
+        except CheckpointError as exc:  # deleted by retention between listing and holding it
+            return PushResult(False, str(exc), step=ckpt.step)
+        return _gate_and_copy(
+            serving, ckpt, step, evaluate, max_regression, trigger, notify_url, verify_timeout_s
+        )
+
+
+def _gate_and_copy(
+    serving: ServingRoot,
+    ckpt: Checkpoint,
+    step: int | None,
+    evaluate: Evaluate | None,
+    max_regression: float,
+    trigger: str,
+    notify_url: str | None,
+    verify_timeout_s: float,
+) -> PushResult:
     served = serving.served()
     versions = serving.versions()
     if versions and step is None and _version_step(serving, versions[-1]) == ckpt.step:

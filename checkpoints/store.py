@@ -19,13 +19,15 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Callable, Iterable
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from checkpoints.files import fsync_dir, fsync_tree, sha256_file
+from checkpoints.files import folder_lock, fsync_dir, fsync_tree, sha256_file
 
 MANIFEST = "manifest.json"
 CODEBOOK = "sid_codebook.parquet"
@@ -145,13 +147,39 @@ class CheckpointStore:
         return None
 
     def retain(self, keep_last: int, keep: Iterable[int] = ()) -> list[int]:
-        """Delete all but the newest `keep_last` and the steps in `keep`; returns the deleted steps."""
-        pinned = set(keep)
-        ckpts = self.checkpoints()
-        doomed = [c for c in ckpts[: max(len(ckpts) - keep_last, 0)] if c.step not in pinned]
-        for c in doomed:
-            shutil.rmtree(c.path, ignore_errors=True)
+        """Delete all but the newest `keep_last`, the steps in `keep` and any checkpoint held by a push
+        in progress (any process); returns the deleted steps."""
+        with folder_lock(self.root):
+            pinned = set(keep) | self._held()
+            ckpts = self.checkpoints()
+            doomed = [c for c in ckpts[: max(len(ckpts) - keep_last, 0)] if c.step not in pinned]
+            for c in doomed:
+                shutil.rmtree(c.path, ignore_errors=True)
         return [c.step for c in doomed]
+
+    @contextmanager
+    def holding(self, step: int) -> Iterator[Checkpoint]:
+        """Keep a checkpoint from retention while it is evaluated and copied (a `.hold-` marker with
+        this pid; a dead holder's marker is ignored)."""
+        marker = self.root / f".hold-{step:010d}-{os.getpid()}-{threading.get_ident()}"
+        with folder_lock(self.root):
+            ckpt = self.get(step)
+            marker.touch()
+        try:
+            yield ckpt
+        finally:
+            marker.unlink(missing_ok=True)
+
+    def _held(self) -> set[int]:
+        """Steps held by a live process; a dead holder's marker is removed."""
+        held = set()
+        for p in self.root.glob(".hold-*"):
+            _, step, pid, _ = p.name.split("-", 3)
+            if _alive(int(pid)):
+                held.add(int(step))
+            else:
+                p.unlink(missing_ok=True)
+        return held
 
     def _sweep(self) -> None:
         """Temp folders left by a crashed writer (another pid's are left alone while it lives)."""

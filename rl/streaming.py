@@ -146,6 +146,7 @@ class StreamingLearner:
                 verify_timeout_s=pc.verify_timeout_s,
             )
             self.last_push = result.as_dict()
+            self.last_error = None
             log.info("scheduled push: %s", json.dumps(result.as_dict()))
         except Exception as exc:
             self.last_error = f"scheduled push failed: {exc}"

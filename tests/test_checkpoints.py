@@ -157,3 +157,32 @@ def test_unreadable_policy_is_an_error_not_a_silent_default(tmp_path: Path) -> N
     (serving.dir / "policy.json").write_text("{")
     with pytest.raises(ServingError):
         serving.served()
+
+
+def test_retention_skips_a_checkpoint_held_by_a_push_in_progress(tmp_path: Path) -> None:
+    store = _store(tmp_path, (1, 2, 3, 4))
+    with store.holding(1):
+        assert store.retain(1) == [2, 3]  # 1 is held, 4 is the newest
+        assert [c.step for c in store.checkpoints()] == [1, 4]
+    assert store.retain(1) == [1]  # released
+    with pytest.raises(CheckpointError, match="does not exist"), store.holding(2):
+        pass
+    serving = ServingRoot(tmp_path / "serving", "m")
+    r = push(store, serving, step=2)
+    assert not r.pushed and "does not exist" in r.reason and serving.history() == []
+
+
+def test_a_push_is_safe_while_retention_runs_beside_it(tmp_path: Path) -> None:
+    """The race a live learner had: checkpoints every few steps with keep_last small, a push
+    evaluating and copying the newest one meanwhile."""
+    store = _store(tmp_path, (1,))
+    serving = ServingRoot(tmp_path / "serving", "m")
+
+    def slow_eval(folder: Path) -> float:
+        for s in range(2, 6):  # the learner writes and prunes while the push evaluates
+            store.write(s, _fill(float(s)), {})
+            store.retain(1)
+        return 0.5
+
+    r = push(store, serving, step=1, evaluate=slow_eval)
+    assert r.pushed and r.version == 1 and verify(serving.version_path(1))["step"] == 1
