@@ -81,6 +81,27 @@ class ServingRoot:
     def history(self) -> list[dict[str, Any]]:
         return read_jsonl(self.dir / HISTORY)
 
+    def last_of(self, action: str, tail_bytes: int = 1 << 16) -> dict[str, Any] | None:
+        """The newest history entry with this action, reading only the file's tail (cheap enough for
+        a once-a-second metrics refresh however long the history grows); None when the tail has none."""
+        path = self.dir / HISTORY
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(0, os.SEEK_END)
+                size = fh.tell()
+                fh.seek(max(size - tail_bytes, 0))
+                lines = fh.read().splitlines()[1 if size > tail_bytes else 0 :]  # first may be cut
+        except FileNotFoundError:
+            return None
+        for line in reversed(lines):
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if row.get("action") == action:
+                return dict(row)
+        return None
+
     def pushed_steps(self) -> set[int]:
         return {int(h["step"]) for h in self.history() if h.get("action") == "push" and "step" in h}
 

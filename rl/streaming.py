@@ -190,10 +190,12 @@ class StreamingLearner:
         self._rate.append((now, self.rollouts))
         t0, r0 = self._rate[0]
         rate = (self.rollouts - r0) / (now - t0) if now > t0 else 0.0
-        try:
-            status = self.serving.status()
-            served, last_push = status["served_version"], status["last_push"]
-            pinned = status["held"]
+        try:  # policy.json, a folder listing and the history's tail: cheap every second
+            served, last_push, pinned = (
+                self.serving.served(),
+                self.serving.last_of("push"),
+                self.serving.held(),
+            )
         except (ServingError, OSError, ValueError):
             served, last_push, pinned = None, None, None
         push_ts = _epoch(last_push["at"]) if last_push else 0.0

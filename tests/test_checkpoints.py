@@ -186,3 +186,13 @@ def test_a_push_is_safe_while_retention_runs_beside_it(tmp_path: Path) -> None:
 
     r = push(store, serving, step=1, evaluate=slow_eval)
     assert r.pushed and r.version == 1 and verify(serving.version_path(1))["step"] == 1
+
+
+def test_last_of_reads_the_newest_entry_from_the_tail(tmp_path: Path) -> None:
+    serving = ServingRoot(tmp_path / "serving", "m")
+    assert serving.last_of("push") is None
+    for v in range(1, 400):
+        serving.record("push", version=v, step=v)
+        serving.record("held_push", reason="x" * 200)
+    assert serving.last_of("push", tail_bytes=4096)["version"] == 399  # type: ignore[index]
+    assert serving.last_of("rollback") is None
