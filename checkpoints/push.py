@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from checkpoints.serving import ServingRoot
-from checkpoints.store import Checkpoint, CheckpointError, CheckpointStore, verify
+from checkpoints.store import Checkpoint, CheckpointError, CheckpointStore, read_manifest, verify
 
 log = logging.getLogger("streamrl.push")
 Evaluate = Callable[[Path], float | None]
@@ -155,8 +155,8 @@ def _gate_and_copy(
 
 def _version_step(serving: ServingRoot, version: int) -> int | None:
     try:
-        return int(json.loads((serving.version_path(version) / "manifest.json").read_text())["step"])
-    except (OSError, ValueError, KeyError):
+        return int(read_manifest(serving.version_path(version))["step"])
+    except CheckpointError:
         return None
 
 

@@ -90,7 +90,6 @@ class StreamingLearner:
         self.last_saved_step = self.learner.steps
         self.tick = threading.Event()  # the scheduler's checkpoint tick
         self.last_metrics: dict[str, float] = {}
-        self.last_push: dict[str, Any] | None = None
         self._next_reset_check = 0.0
         self.metrics = ProcessMetrics("learner")
         self.records_in = 0
@@ -145,7 +144,6 @@ class StreamingLearner:
                 notify_url=pc.notify_url,
                 verify_timeout_s=pc.verify_timeout_s,
             )
-            self.last_push = result.as_dict()
             self.last_error = None
             log.info("scheduled push: %s", json.dumps(result.as_dict()))
         except Exception as exc:

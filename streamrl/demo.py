@@ -250,10 +250,15 @@ def _fmt(v: Any, spec: str = ".3f") -> str:
 def _panel(
     traffic: Traffic, j: dict, lh: dict, serving: ServingRoot, rates: tuple[float, float, float], left: float
 ) -> Group:
-    try:
-        st = serving.status()
+    st: dict[str, Any]
+    try:  # policy.json, a folder listing and the history's tail, once a second
+        st = {
+            "served_version": serving.served(),
+            "held": serving.held(),
+            "last_push": serving.last_of("push"),
+        }
     except (OSError, ValueError):
-        st = {"versions": [], "last_push": None, "served_version": None, "held": False}
+        st = {"last_push": None, "served_version": None, "held": False}
     last = st["last_push"] or {}
     hr = (last.get("metrics") or {}).get("hr@10")
     ctr_s, n_s = traffic.ctr(60, served=True)
