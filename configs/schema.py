@@ -146,6 +146,23 @@ class ModelConfig(Section):
     intermediate: int = Field(256, ge=8)
 
 
+class WarmStartConfig(Section):
+    """SFT on logged records before RL (the paper's order: SFT first, then RL anchored to it).
+
+    The streaming learner runs it once, when its run folder has no checkpoint yet: it reads the
+    records (a Parquet folder, or a look-back on the rewards topic), takes `steps` SFT steps, saves a
+    checkpoint, and only then continues with `learn.algo`. Neither source set = no warm start."""
+
+    records: str | None = None  # ops: a folder of reward-record Parquet files (`streamrl replay` output)
+    lookback_s: float | None = Field(None, gt=0.0)  # ops: or the rewards topic's last this many seconds
+    steps: int = Field(300, ge=1)  # measured (docs/benchmarks.md): SFT steps of B prompts
+    lr: float | None = Field(None, gt=0.0)  # ops: SFT learning rate; None = learn.lr
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.records) or self.lookback_s is not None
+
+
 class LearnConfig(Section):
     """The TPMA-GRPO learner (rl/learner.py states the objective and every deviation)."""
 
@@ -158,11 +175,14 @@ class LearnConfig(Section):
     lr: float = Field(3e-4, gt=0.0)  # ops: AdamW
     weight_decay: float = Field(0.0, ge=0.0)
     grad_clip: float = Field(1.0, gt=0.0)  # ops
-    sft_weight: float = Field(0.1, ge=0.0)  # seed code: CE on the first target SID
-    beta: float = Field(0.0, ge=0.0)  # reference KL weight (seed code: 0)
+    sft_weight: float = Field(0.1, ge=0.0)  # seed code: per-token mean CE on the first target SID
+    beta: float = Field(0.0, ge=0.0)  # reference KL weight (seed code: 0); > 0 needs an anchor
     clip_eps: float = Field(0.2, gt=0.0)  # Eq.12, grpo only
     w_item: float = 1.0  # Eq.17; seed code default 0 (deviation 1)
-    position_weights: tuple[float, ...] = (2.0, 2.0, 1.0, 1.0, 0.0)  # Eq.14, seed code
+    # Eq.14; None = the seed code's rule for the codebook's L (rl/advantages.py `position_weights`)
+    position_weights: tuple[float, ...] | None = None
+    init_from: str | None = None  # ops: start RL from this checkpoint (same codebook), e.g. an SFT run
+    warm_start: WarmStartConfig = WarmStartConfig()
     rewards: RewardWeightsConfig = RewardWeightsConfig()
     relevance: RelevanceConfig = RelevanceConfig()
     model: ModelConfig = ModelConfig()
@@ -189,6 +209,9 @@ class PushConfig(Section):
     every_s: float | None = Field(120.0, gt=0.0)  # ops: push period; ignored when cron is set
     cron: str | None = None  # ops: crontab string (5 fields, UTC), e.g. "*/10 * * * *"
     max_regression: float = Field(0.02, ge=0.0)  # ops: absolute held-out HR@10 drop refused
+    # measured (docs/benchmarks.md): a candidate whose top-1 SIDs over the held-out prompts are this
+    # share distinct or fewer has collapsed and is refused (0 = no check)
+    min_distinct_top1: float = Field(0.1, ge=0.0, le=1.0)
     heldout_percent: float = Field(5.0, ge=0.0, lt=100.0)  # ops: engaged records kept aside (by request)
     heldout_max: int = Field(500, ge=1)  # ops: newest held-out records kept for the gate
     eval_records: int = Field(200, ge=1)  # ops: held-out records evaluated per model at a push

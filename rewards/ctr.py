@@ -40,6 +40,24 @@ class CtrPrior:
     clip_eps: float = 1e-3
 
 
+def prior_from(c: object) -> CtrPrior:
+    """The prior of a `configs.schema.CtrConfig` (duck-typed: `rewards` reads no config module), so
+    the join and the learner score CTR from one source."""
+    return CtrPrior(
+        *(
+            float(getattr(c, n))
+            for n in (
+                "prior_ctr",
+                "global_strength",
+                "item_strength",
+                "query_item_strength",
+                "half_life_s",
+                "clip_eps",
+            )
+        )
+    )
+
+
 def posterior_ctr(
     c_qi: float, n_qi: float, c_i: float, n_i: float, c_g: float, n_g: float, prior: CtrPrior
 ) -> float:

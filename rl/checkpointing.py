@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import torch
 
 from checkpoints.store import MANIFEST, CheckpointError, CheckpointStore, verify
-from configs.schema import LearnConfig
+from configs.schema import JoinConfig, LearnConfig
 from rewards.weights import RewardPolicy
 from rl.learner import Learner
 from rl.policy import SidVocab, load_pretrained
@@ -91,42 +91,85 @@ def save(
     return store.write(learner.steps, lambda folder: fill(folder, learner, extra), meta).path
 
 
+class InitError(ValueError):
+    """A learner cannot start as configured (foreign codebook, an anchor missing)."""
+
+
+def codebook_sha(folder: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256((folder / CODEBOOK_FILE).read_bytes()).hexdigest()
+
+
+def check_same_codebook(init_from: Path, sids_dir: Path) -> None:
+    """RL starts from a checkpoint of the same codebook only: SIDs would name other items."""
+    for folder in (init_from, sids_dir):
+        if not (folder / CODEBOOK_FILE).exists():
+            raise InitError(f"{folder}: no {CODEBOOK_FILE} (not a checkpoint or SID folder)")
+    a, b = codebook_sha(init_from), codebook_sha(sids_dir)
+    if a != b:
+        raise InitError(
+            f"init-from {init_from} was trained on codebook sha256 {a[:12]}, but the SIDs in "
+            f"{sids_dir} are codebook sha256 {b[:12]}: the same SIDs would name other items. "
+            f"Warm start on this codebook, or learn with --sids set to the checkpoint's codebook."
+        )
+
+
 def new_learner(
     cfg: LearnConfig,
     sids_dir: Path,
     seed: int,
     *,
+    resume_from: Path | None = None,
     init_from: Path | None = None,
     policy: RewardPolicy | None = None,
+    join: JoinConfig | None = None,
+    anchor_later: bool = False,
 ) -> Learner:
     """A learner over the codebook in `sids_dir`: a fresh policy (built from `cfg.model`, or
-    `cfg.model.pretrained_path`), or — `init_from` — a checkpoint's model, codebook, optimizer and
-    counters (which must verify against its manifest when it has one)."""
+    `cfg.model.pretrained_path`); or — `init_from` — a checkpoint's model and CTR table (a warm
+    start: fresh optimizer and counters; the checkpoint must hold the same codebook); or —
+    `resume_from` — a checkpoint's model, codebook, optimizer and counters (it must verify against
+    its manifest when it has one). `learn.beta > 0` anchors the KL term to the model it starts
+    from, so it needs one of these (or `anchor_later`: the caller warm starts, then anchors)."""
     from rl.policy import PolicyShape, build_model, build_tokenizer
 
     torch.manual_seed(seed)
-    source = init_from or sids_dir
-    if init_from is not None and (init_from / MANIFEST).exists():
-        verify(init_from)
+    start = resume_from or init_from
+    if start is not None and (start / MANIFEST).exists():
+        verify(start)
+    if init_from is not None and resume_from is None:
+        check_same_codebook(init_from, sids_dir)
+    source = resume_from or sids_dir
     book, _ = load_codebook(source)
     categories, merchants = item_tables(source)
     m = cfg.model
-    if init_from is not None:
-        model, tok = load_pretrained(str(init_from), level_sizes(book))
+    anchored = start is not None or bool(m.pretrained_path)
+    if cfg.beta > 0 and cfg.algo != "sft" and not (anchored or anchor_later):
+        raise InitError(
+            f"learn.beta={cfg.beta} needs a model to anchor to: set learn.init_from (an SFT "
+            "checkpoint), learn.warm_start, or learn.model.pretrained_path; a randomly initialised "
+            "policy is no reference (or set learn.beta=0)"
+        )
+    if start is not None:
+        model, tok = load_pretrained(str(start), level_sizes(book))
     elif m.pretrained_path:
         model, tok = load_pretrained(m.pretrained_path, level_sizes(book))
     else:
         tok = build_tokenizer(level_sizes(book))
         model = build_model(tok, PolicyShape(m.hidden, m.layers, m.heads, m.intermediate), seed)
-    learner = Learner(cfg, model, tok, book, categories, seed, merchants=merchants, policy=policy)
+    learner = Learner(cfg, model, tok, book, categories, seed, merchants=merchants, policy=policy, join=join)
     learner.codebook_dir = source
-    if init_from is not None:
-        restore_state(learner, init_from)
+    if start is not None:
+        restore_state(learner, start, counters=resume_from is not None)
+    if cfg.beta > 0 and anchored:
+        learner.anchor()
     return learner
 
 
-def restore_state(learner: Learner, folder: Path) -> None:
-    if (folder / OPTIMIZER).exists():
+def restore_state(learner: Learner, folder: Path, counters: bool = True) -> None:
+    """The CTR table; with `counters` (a resume) also the optimizer, step counters and resets."""
+    if counters and (folder / OPTIMIZER).exists():
         state = torch.load(folder / OPTIMIZER, map_location=learner.device, weights_only=True)
         learner.opt.load_state_dict(state)
     if (folder / STATE).exists():
@@ -144,6 +187,8 @@ def restore_state(learner: Learner, folder: Path) -> None:
                     part["impressions"].to_numpy().astype(np.float64),
                 )
             learner.ctr.load_state(s["ctr_clock"], counts)
+        if not counters:
+            return
         learner.steps = int(s.get("steps", 0))
         learner.skipped = int(s.get("skipped", 0))
         learner.resets_done = set(s.get("resets_done", []))

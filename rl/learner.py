@@ -2,11 +2,17 @@
 
 Objective per step, for B prompts with G sampled SIDs each (L tokens):
     loss = -1/|valid| Σ_{i,l} g_{i,l} · r_{i,l} · A_{i,l}          (Eq.19, no clipping)
-           + sft_weight · CE(first target SID | prompt)            (released code)
-           + beta · KL(π || π_ref)                                 (default 0)
+           + sft_weight · CE(first target SID | prompt)            (released code: per-token mean)
+           + beta · KL(π || π_ref)                                 (k3 estimate, per-token mean)
     r = exp(clamp(logp − old_logp, −20, 20)); A and g from rl/advantages.py (Eq.13–17).
-`algo=grpo` uses the clipped Eq.12 with sequence advantages of R_item (Eq.11); `algo=sft` trains on
-the target SIDs only.
+`algo=grpo` uses the clipped Eq.12 with sequence advantages of R_item (Eq.11) and the same two
+anchors; `algo=sft` trains on the target SIDs only (per-token mean CE).
+
+R_item = w_co·R_C&O + w_ctr·R_CTR + w_rel·R_Rel (Eq.10) of the item a rollout names: a shown item
+takes C&O from its click/order flags at the v_click/v_order in force and CTR from its record; its
+relevance is the record's tier, or — tier unknown (-1) — the relevance source's, the same source
+every unshown item is scored by. v_click, v_order and the CTR prior come from `join` (one source with
+the joiner); position weights from `learn.position_weights` or the released code's rule for L.
 
 Deviations, numbered:
  1. w_item defaults to 1.0; the released code defaults it to 0, which leaves the composite item
@@ -14,17 +20,22 @@ Deviations, numbered:
  2. One policy-gradient step per batch of rollouts, as GRPO with a single inner epoch: the log-probs
     of the sampling pass keep their graph and old_logp is their detached copy, so r = 1 with a live
     gradient and the rollouts are not scored a second time. With `constrained=True` these are the
-    log-probs of the trie-constrained policy that sampled them.
+    log-probs of the trie-constrained policy that sampled them (the reference is scored the same way).
  3. Rollouts sample only level-l SID tokens at step l (the released code samples the full vocabulary
     and pads); an unconstrained rollout can still name no real item, earns no item reward, and counts
     against the valid-SID rate.
  4. Prompts are the records with a click or an order (`learn.prompts=engaged`, as the released code);
     `all` also uses requests without engagement, whose rollouts still carry item rewards.
+ 5. The SFT term and the KL anchor apply to grpo as well as tpma (the released code adds its SFT
+    term to TPMA only), so the two algorithms differ only in their advantages (a fair comparison).
+ 6. The reference of the KL term is the model the learner started from (the init checkpoint, the
+    warm-start result, or the checkpoint a restart resumed); the released code has no KL term.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import random
 from collections.abc import Iterator, Mapping
@@ -35,12 +46,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from configs.schema import LearnConfig
-from rewards.ctr import CtrPrior, CtrTable
+from configs.schema import JoinConfig, LearnConfig
+from rewards.ctr import CtrTable, prior_from
 from rewards.item import Components
 from rewards.relevance import RelevanceSource, make_relevance
 from rewards.weights import ItemInfo, RewardPolicy, default_policy
-from rl.advantages import grpo_advantages, tpma_advantages
+from rl.advantages import grpo_advantages, position_weights, tpma_advantages
 from rl.loss import grpo_loss, tpma_grpo_loss
 from rl.policy import SidVocab, format_prompt, rollout_with_targets, sequence_logp
 from rl.sid import SidCodebook
@@ -80,6 +91,7 @@ class Learner:
         relevance: RelevanceSource | None = None,
         merchants: Mapping[str, str] | None = None,
         policy: RewardPolicy | None = None,
+        join: JoinConfig | None = None,
     ) -> None:
         self.cfg = cfg
         self.device = pick_device(cfg.device)
@@ -96,11 +108,20 @@ class Learner:
         )
         level_sizes = [*book.levels, *([book.unique[1]] * book.unique[0])]
         self.vocab = SidVocab(tok, level_sizes, list(book.sids.values()))
+        L = self.vocab.L
+        self.position_weights = cfg.position_weights or position_weights(L)  # Eq.14
+        if len(self.position_weights) != L:
+            raise ValueError(
+                f"learn.position_weights has {len(self.position_weights)} entries; the codebook's SIDs "
+                f"have L = {L} tokens (leave it unset for the released code's rule)"
+            )
+        join = join or JoinConfig()  # reward parameters: the same source as the joiner's
         # reward weights, C&O values and promotions in force (rewards/weights.py); version 0 = config
-        self.policy = policy or default_policy(cfg.rewards, cfg.w_item, 3.0, 4.0)
+        self.policy = policy or default_policy(cfg.rewards, cfg.w_item, join.v_click, join.v_order)
         merchants = merchants or {}
         self.info = {i: ItemInfo(merchants.get(i, ""), tuple(c)) for i, c in catalog_category.items()}
-        self.ctr = CtrTable(CtrPrior())
+        self.ctr = CtrTable(prior_from(join.ctr), join.ctr.max_entries)
+        self.ref: Any | None = None  # the frozen KL reference (`anchor`)
         self.rng = random.Random(seed)
         self.gen = torch.Generator().manual_seed(seed)
         self.opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -108,6 +129,12 @@ class Learner:
         self.skipped = 0
         self.codebook_dir: Path = Path(".")  # where the codebook files came from (checkpoints copy them)
         self.resets_done: set[str] = set()  # rollback --reset-learner requests already honoured
+
+    def anchor(self) -> None:
+        """Freeze a copy of the current model as the KL reference (learn.beta > 0)."""
+        self.ref = copy.deepcopy(self.model).eval()
+        for p in self.ref.parameters():
+            p.requires_grad_(False)
 
     # -- data --------------------------------------------------------------------------------
     def observe(self, records: list[Record]) -> None:
@@ -151,15 +178,19 @@ class Learner:
         items = [self.by_sid.get(sid) for sid in sids]
         shown = {it["item_id"]: it for it in rec["items"]}
         outside = sorted({i for i in items if i is not None and i not in shown})
+        # shown items with an unknown tier (-1) go to the same relevance source as unshown ones
+        unknown = sorted({i for i in items if i is not None and i in shown and shown[i]["rel_tier"] < 0})
         tiers: dict[str, int] = {}
         ctrs: dict[str, float] = {}
-        if outside:
+        if outside or unknown:
             refs = [
                 self.category.get(i["item_id"], ())
                 for i in rec["items"]
                 if i["clicked"] or i["ordered"] or i["rel_tier"] >= 2
             ]
-            tiers = dict(zip(outside, self.relevance.tiers(rec["query"], outside, refs), strict=True))
+            ask = outside + unknown
+            tiers = dict(zip(ask, self.relevance.tiers(rec["query"], ask, refs), strict=True))
+        if outside:
             ctrs = dict(zip(outside, self.ctr.score(rec["query"], outside, rec["ts_ms"]), strict=True))
         out: list[tuple[Components, list[str]] | None] = []
         policy = self.policy
@@ -170,7 +201,7 @@ class Learner:
             if item in shown:
                 it = shown[item]
                 co = policy.co(it["clicked"], it["ordered"])
-                base = Components(co, it["ctr"], max(it["rel_tier"], 0))
+                base = Components(co, it["ctr"], it["rel_tier"] if it["rel_tier"] >= 0 else tiers[item])
             else:
                 base = Components(0.0, ctrs[item], tiers[item])
             out.append(policy.promote(base, item, self.info.get(item), rec["ts_ms"]))
@@ -184,63 +215,104 @@ class Learner:
 
     # -- one step ----------------------------------------------------------------------------
     def step(self, batch: Batch) -> StepStats:
-        cfg, G = self.cfg, self.cfg.group_size
         self.model.train()
-        if cfg.algo == "sft":
+        if self.cfg.algo == "sft":
             loss = self._sft_nll(batch)
             stats = {"loss": float(loss.detach())}
         else:
-            # one pass samples, keeps the graph, and teacher-forces each prompt's first target for
-            # the SFT term (rl/policy.py `rollout_with_targets`)
-            want_sft = cfg.algo == "tpma" and cfg.sft_weight > 0
-            targets = [t[0] if (t and want_sft) else None for t in batch.targets]
-            with self.amp():
-                codes, logp, target_logp = rollout_with_targets(
-                    self.model,
-                    self.tok,
-                    batch.prompts,
-                    self.vocab,
-                    G,
-                    cfg.temperature,
-                    cfg.constrained,
-                    self.gen,
-                    True,
-                    targets,
-                )
-            old_logp = logp.detach()
-            dev = logp.device  # advantages and gates are computed on the CPU (rl/advantages.py)
-            rewards, comp, valid = self._rewards(batch, codes)
-            if not bool(torch.isfinite(rewards).all()):  # skipped and counted, nothing learned
+            out = self._policy_loss(batch)
+            if isinstance(out, StepStats):  # non-finite rewards: skipped and counted, nothing learned
                 self.skipped += 1
-                return StepStats({**comp, "nonfinite_rewards": 1.0}, skipped=True)
-            mask = torch.ones_like(logp)
-            if cfg.algo == "tpma":
-                adv, gates = self._tpma(batch, codes, rewards)
-                sft = -target_logp.sum(dim=1).mean() if len(target_logp) else None
-                loss, stats = tpma_grpo_loss(
-                    logp, old_logp, adv.to(dev), gates.to(dev), mask, sft, cfg.sft_weight
-                )
-                stats.update(_moments("adv", adv))
-            else:
-                adv_seq = torch.cat(
-                    [grpo_advantages(rewards[b * G : (b + 1) * G]) for b in range(len(batch.prompts))]
-                )
-                loss, stats = grpo_loss(logp, old_logp, adv_seq.float().to(dev), mask, cfg.clip_eps)
-                stats.update(_moments("adv", adv_seq))
-            stats.update(comp)
-            stats["valid_sid_rate"] = valid
-            stats["relevance_errors"] = float(self.relevance.errors)
-            stats["reward_mean"] = float(rewards.mean())
+                return out
+            loss, stats = out
         if not math.isfinite(float(loss.detach())):
             self.skipped += 1
             self.opt.zero_grad(set_to_none=True)
             return StepStats(stats, skipped=True)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
+        stats["grad_norm"] = float(
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        )
         self.opt.step()
         self.steps += 1
         return StepStats(stats)
+
+    def _policy_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]] | StepStats:
+        """Rollouts, rewards, advantages and the algo's loss with its two anchors (SFT term, KL)."""
+        cfg, G = self.cfg, self.cfg.group_size
+        # one pass samples, keeps the graph, and teacher-forces each prompt's first target for
+        # the SFT term (rl/policy.py `rollout_with_targets`)
+        want_sft = cfg.sft_weight > 0
+        targets = [t[0] if (t and want_sft) else None for t in batch.targets]
+        roll: dict[str, float] = {}
+        with self.amp():
+            codes, logp, target_logp = rollout_with_targets(
+                self.model,
+                self.tok,
+                batch.prompts,
+                self.vocab,
+                G,
+                cfg.temperature,
+                cfg.constrained,
+                self.gen,
+                True,
+                targets,
+                roll,
+            )
+        old_logp = logp.detach()
+        dev = logp.device  # advantages and gates are computed on the CPU (rl/advantages.py)
+        rewards, comp, valid = self._rewards(batch, codes)
+        if not bool(torch.isfinite(rewards).all()):
+            return StepStats({**comp, "nonfinite_rewards": 1.0}, skipped=True)
+        ref_logp = self._ref_logp(batch, codes)
+        sft = -target_logp.mean() if len(target_logp) else None  # per-token mean (released code)
+        mask = torch.ones_like(logp)
+        if cfg.algo == "tpma":
+            adv, gates = self._tpma(batch, codes, rewards)
+            loss, stats = tpma_grpo_loss(
+                logp, old_logp, adv.to(dev), gates.to(dev), mask, sft, cfg.sft_weight, ref_logp, cfg.beta
+            )
+            stats.update(_moments("adv", adv))
+        else:
+            adv_seq = torch.cat(
+                [grpo_advantages(rewards[b * G : (b + 1) * G]) for b in range(len(batch.prompts))]
+            )
+            loss, stats = grpo_loss(
+                logp,
+                old_logp,
+                adv_seq.float().to(dev),
+                mask,
+                cfg.clip_eps,
+                ref_logp,
+                cfg.beta,
+                sft,
+                cfg.sft_weight,
+            )
+            stats.update(_moments("adv", adv_seq))
+        stats.update(comp)
+        stats["valid_sid_rate"] = valid
+        stats["entropy"] = roll.get("entropy", 0.0)
+        stats["distinct_sids"] = len({tuple(r) for r in codes.tolist()}) / max(len(codes), 1)
+        stats["relevance_errors"] = float(self.relevance.errors)
+        stats["reward_mean"] = float(rewards.mean())
+        return loss, stats
+
+    def _ref_logp(self, batch: Batch, codes: torch.Tensor) -> torch.Tensor | None:
+        """The reference's log-probs [B*G, L] of the sampled SIDs, scored as they were sampled."""
+        if self.ref is None or not self.cfg.beta:
+            return None
+        with torch.no_grad(), self.amp():
+            return sequence_logp(
+                self.ref,
+                self.tok,
+                batch.prompts,
+                self.vocab,
+                codes,
+                self.cfg.group_size,
+                self.cfg.temperature,
+                self.cfg.constrained,
+            )
 
     def _rewards(self, batch: Batch, codes: torch.Tensor) -> tuple[torch.Tensor, dict[str, float], float]:
         """Item rewards [B*G] and their statistics: each component's mean over real-item rollouts,
@@ -288,7 +360,7 @@ class Learner:
                 codes[b * G : (b + 1) * G].numpy(),
                 t,
                 rewards[b * G : (b + 1) * G].numpy(),
-                tuple(self.cfg.position_weights),
+                tuple(self.position_weights),
                 self.policy.w_item,
             )
             advs.append(torch.as_tensor(a, dtype=torch.float32))
@@ -296,14 +368,15 @@ class Learner:
         return torch.cat(advs), torch.cat(gates)
 
     def _sft_nll(self, batch: Batch) -> torch.Tensor:
-        """Cross-entropy of the first target SID of each prompt that has one."""
+        """Cross-entropy of the first target SID of each prompt that has one (Adam makes the
+        per-token mean and the old per-SID sum train the same; the mean matches the RL SFT term)."""
         rows = [(p, t[0]) for p, t in zip(batch.prompts, batch.targets, strict=True) if t]
         if not rows:
             return torch.zeros((), requires_grad=True)
         codes = torch.tensor([t for _, t in rows])
         with self.amp():
             logp = sequence_logp(self.model, self.tok, [p for p, _ in rows], self.vocab, codes, 1)
-        return -logp.sum(dim=1).mean()
+        return -logp.mean()  # per-token mean, as the SFT term of the RL objectives
 
 
 def _moments(name: str, x: torch.Tensor) -> dict[str, float]:

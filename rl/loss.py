@@ -31,8 +31,14 @@ def _finish(
     ref_logp: torch.Tensor | None,
     mask: torch.Tensor,
     beta: float,
+    sft_nll: torch.Tensor | None,
+    sft_weight: float,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Add the optional reference-KL term, record the total."""
+    """Add the anchors every RL objective shares: the SFT term (sft_weight * per-token mean NLL of
+    the prompts' first target SIDs, as the released code) and the reference KL (beta * mean k3)."""
+    if sft_nll is not None and sft_weight:
+        loss = loss + sft_weight * sft_nll
+        stats["sft_nll"] = float(sft_nll.detach())
     if ref_logp is not None and beta:
         kl = _masked_mean(_kl_k3(logp, ref_logp), mask)
         loss = loss + beta * kl
@@ -47,7 +53,7 @@ def tpma_grpo_loss(
     adv: torch.Tensor,  # [N, L] token-position advantages (rl/advantages.py)
     gates: torch.Tensor,  # [N, L] prefix gates
     mask: torch.Tensor,  # [N, L]
-    sft_nll: torch.Tensor | None = None,  # [] mean NLL of the first target SID per prompt
+    sft_nll: torch.Tensor | None = None,  # [] per-token mean NLL of the first target SID per prompt
     sft_weight: float = 0.1,
     ref_logp: torch.Tensor | None = None,  # [N, L]
     beta: float = 0.0,
@@ -63,10 +69,7 @@ def tpma_grpo_loss(
         "ratio_mean": float(_masked_mean(ratio, mask).detach()),
         "gate_mean": float(_masked_mean(gates, mask).detach()),
     }
-    if sft_nll is not None and sft_weight:
-        loss = loss + sft_weight * sft_nll
-        stats["sft_nll"] = float(sft_nll.detach())
-    return _finish(loss, stats, logp, ref_logp, mask, beta)
+    return _finish(loss, stats, logp, ref_logp, mask, beta, sft_nll, sft_weight)
 
 
 def grpo_loss(
@@ -75,10 +78,13 @@ def grpo_loss(
     adv: torch.Tensor,  # [N] sequence-level advantages (Eq.11)
     mask: torch.Tensor,  # [N, L]
     clip_eps: float = 0.2,
-    ref_logp: torch.Tensor | None = None,
+    ref_logp: torch.Tensor | None = None,  # [N, L]
     beta: float = 0.0,
+    sft_nll: torch.Tensor | None = None,  # [] per-token mean NLL of the first target SID per prompt
+    sft_weight: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Eq.12: -mean over valid tokens of min(ratio * A, clip(ratio, 1-eps, 1+eps) * A)."""
+    """Eq.12: -mean over valid tokens of min(ratio * A, clip(ratio, 1-eps, 1+eps) * A);
+    + sft_weight * CE on the first target SID; + beta * reference KL (the same anchors as TPMA)."""
     ratio = _ratio(logp, old_logp)  # [N, L]
     a = adv[:, None]  # [N, 1]
     surrogate = torch.minimum(ratio * a, torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps) * a)
@@ -86,4 +92,4 @@ def grpo_loss(
     loss = pg
     clipped = ((ratio < 1 - clip_eps) | (ratio > 1 + clip_eps)).float()
     stats = {"pg_loss": float(pg.detach()), "clip_frac": float(_masked_mean(clipped, mask).detach())}
-    return _finish(loss, stats, logp, ref_logp, mask, beta)
+    return _finish(loss, stats, logp, ref_logp, mask, beta, sft_nll, sft_weight)

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from checkpoints.store import CheckpointStore
-from configs.schema import LearnConfig
+from configs.schema import JoinConfig, LearnConfig
 from rewards.weights import RewardPolicy
-from rl.checkpointing import CTR_STATE, OPTIMIZER, STATE, level_sizes, new_learner, save
+from rl.checkpointing import CTR_STATE, OPTIMIZER, STATE, level_sizes, new_learner, resolve, save
 from stream.records import read_records
 
 __all__ = ["level_sizes", "load_records", "run_offline"]
@@ -40,9 +40,13 @@ def run_offline(
     seed: int = 0,
     log_every: int = 10,
     policy: RewardPolicy | None = None,
+    join: JoinConfig | None = None,
 ) -> dict[str, Any]:
+    """`steps` steps of `cfg.algo` on the records, from a fresh policy or `cfg.init_from` (a
+    checkpoint or run folder of the same codebook); v_click, v_order and the CTR prior from `join`."""
     random.seed(seed)
-    learner = new_learner(cfg, sids_dir, seed, policy=policy)
+    init = resolve(Path(cfg.init_from)) if cfg.init_from else None
+    learner = new_learner(cfg, sids_dir, seed, init_from=init, policy=policy, join=join)
     records = load_records(records_dir)
     learner.observe(records)
     prompts = [r for r in records if learner.usable(r)]
@@ -67,6 +71,7 @@ def run_offline(
         "records": len(records),
         "prompts": len(prompts),
         "weights_version": learner.policy.version,
+        "init_from": str(init) if init else None,
     }
     path = save(CheckpointStore(out), learner, metrics=last, extra={"summary": summary, "history": history})
     export(path, out)

@@ -131,6 +131,15 @@ class SidVocab:
     def allowed_codes(self, prefix: tuple[int, ...]) -> list[int]:
         return sorted(self.trie.get(prefix, ()))
 
+    def trie_mask(self, prefixes: Sequence[Sequence[int]], K: int) -> torch.Tensor:
+        """[N, K] additive mask: 0 where the trie allows the code after each prefix, -inf elsewhere
+        (a prefix the trie does not know allows every code, as a constrained rollout does)."""
+        allow = torch.full((len(prefixes), K), float("-inf"))
+        for n, prefix in enumerate(prefixes):
+            ok = self.allowed_codes(tuple(int(c) for c in prefix))
+            allow[n, ok if ok else slice(None)] = 0.0
+        return allow
+
 
 def rollout(
     model: PreTrainedModel,
@@ -168,11 +177,13 @@ def rollout_with_targets(
     generator: torch.Generator | None,
     grad: bool,
     targets: Sequence[Sequence[int] | None],
+    stats: dict[str, float] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`rollout`, plus one teacher-forced row per prompt that has a target SID, in the same pass: its
     log-probs [T, L] (T = prompts with a target) are under the plain level-restricted distribution
     (temperature 1, no trie) — what the SFT cross-entropy needs — so the SFT term costs L rows of
-    cached decoding instead of a second forward pass over the prompts."""
+    cached decoding instead of a second forward pass over the prompts. `stats`, when given, receives
+    `entropy`: the mean per-token entropy (nats) of the distributions the rollouts sampled from."""
     with torch.set_grad_enabled(grad):
         tok.padding_side = "left"
         enc = tok(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
@@ -193,19 +204,17 @@ def rollout_with_targets(
             F, vocab.L
         )
         codes = torch.zeros((N, vocab.L), dtype=torch.long)
-        logps, forced_logps = [], []
+        logps, forced_logps, entropy = [], [], 0.0
         for lvl in range(vocab.L):
             level_ids = vocab.level_ids[lvl].to(device)
             raw = logits[:, level_ids].float()  # [N + F, K_l]
             scores = raw[:N] / max(temperature, 1e-6)
             if constrained:
-                allow = torch.full(scores.shape, float("-inf"))
-                for n in range(N):
-                    ok = vocab.allowed_codes(tuple(codes[n, :lvl].tolist()))
-                    if ok:
-                        allow[n, ok] = 0.0
-                scores = scores + allow.to(device)
+                scores = scores + vocab.trie_mask(codes[:, :lvl].tolist(), scores.shape[1]).to(device)
             logp_all = torch.log_softmax(scores, dim=-1)
+            if stats is not None:  # -sum p log p; 0 * -inf (a code the trie forbids) counts as 0
+                p = logp_all.detach().exp()
+                entropy += float(-(p * logp_all.detach().nan_to_num(neginf=0.0)).sum(-1).mean()) / vocab.L
             # sampled on the CPU so a seeded CPU generator serves any device
             pick = torch.multinomial(logp_all.detach().exp().cpu(), 1, generator=generator).squeeze(1)
             codes[:, lvl] = pick
@@ -230,6 +239,8 @@ def rollout_with_targets(
             past = out.past_key_values
             logits = out.logits[:, -1, :]
         forced_logp = torch.stack(forced_logps, dim=1) if F else torch.zeros((0, vocab.L), device=device)
+        if stats is not None:
+            stats["entropy"] = entropy
         return codes, torch.stack(logps, dim=1), forced_logp
 
 
@@ -246,9 +257,11 @@ def sequence_logp(
     codes: torch.Tensor,
     G: int,
     temperature: float = 1.0,
+    constrained: bool = False,
 ) -> torch.Tensor:
     """Teacher-forced log-probs [B*G, L] of `codes` under the level-restricted distribution that
-    `rollout` samples from (unconstrained), with gradients: the `logp` of the losses."""
+    `rollout` samples from (with `constrained`, renormalised over the trie's codes as a constrained
+    rollout samples), with gradients when enabled: the `logp` of the losses, the reference's too."""
     tok.padding_side = "left"
     enc = tok(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
     device = next(model.parameters()).device
@@ -263,5 +276,7 @@ def sequence_logp(
     out = []
     for lvl in range(vocab.L):
         step = logits[:, T - 1 + lvl, :][:, vocab.level_ids[lvl].to(device)].float() / temperature
+        if constrained:
+            step = step + vocab.trie_mask(codes[:, :lvl].tolist(), step.shape[1]).to(device)
         out.append(torch.log_softmax(step, dim=-1).gather(1, codes[:, lvl : lvl + 1]).squeeze(1))
     return torch.stack(out, dim=1)  # [N, L]

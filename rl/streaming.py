@@ -78,8 +78,11 @@ class StreamingLearner:
             cfg.learn,
             sids_dir,
             seed,
-            init_from=latest[0].path if latest else None,
+            resume_from=latest[0].path if latest else None,
+            init_from=Path(cfg.learn.init_from) if cfg.learn.init_from and not latest else None,
             policy=self.watcher.policy,
+            join=cfg.join,
+            anchor_later=cfg.learn.warm_start.enabled and not latest,
         )
         if latest:
             log.info("resumed from checkpoint %d (%s)", latest[0].step, latest[0].path)
@@ -321,8 +324,9 @@ class StreamingLearner:
                 self.cfg.learn,
                 self.sids_dir,
                 self.seed,
-                init_from=self.serving.version_path(version),
+                resume_from=self.serving.version_path(version),
                 policy=self.watcher.policy,
+                join=self.cfg.join,
             )
         except (CheckpointError, OSError, ValueError) as exc:
             log.error("reset to version %d refused, continuing as before: %s", version, exc)

@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 
 from configs.schema import JoinConfig
-from rewards.ctr import CtrPrior, CtrTable
+from rewards.ctr import CtrTable, prior_from
 from rewards.scores import co_score
 from stream.events import Action, Click, Impression
 from stream.records import RecordColumns
@@ -80,16 +80,7 @@ class Enricher:
     """Member-wide state folded from finalised records: posterior CTR and users' click history."""
 
     def __init__(self, cfg: JoinConfig) -> None:
-        c = cfg.ctr
-        prior = CtrPrior(
-            c.prior_ctr,
-            c.global_strength,
-            c.item_strength,
-            c.query_item_strength,
-            c.half_life_s,
-            c.clip_eps,
-        )
-        self.ctr = CtrTable(prior, c.max_entries)
+        self.ctr = CtrTable(prior_from(cfg.ctr), cfg.ctr.max_entries)
         self.history_len = cfg.history_len
         self.max_users = cfg.max_users
         self.v_click = cfg.v_click

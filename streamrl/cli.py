@@ -342,22 +342,38 @@ def learn(
     weights: Annotated[
         Path | None, typer.Option(help="Offline: a rewards file (weights, promotions) instead of version 0.")
     ] = None,
+    init_from: Annotated[
+        Path | None,
+        typer.Option(
+            help="Start from this checkpoint or run folder (same codebook), e.g. an SFT run "
+            "(learn.init_from)."
+        ),
+    ] = None,
     seed: int = 0,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
     """The learner: on the live rewards topic, or offline on replayed records (--records)."""
+    from checkpoints.store import CheckpointError
     from rewards.weights import RewardPolicy, WeightsError, parse_rewards
+    from rl.checkpointing import InitError
     from rl.offline import run_offline
 
-    cfg = _config(config, [*(set_ or []), *([f"learn.algo={algo}"] if algo else [])])
+    extra = [
+        *([f"learn.algo={algo}"] if algo else []),
+        *([f"learn.init_from={init_from}"] if init_from else []),
+    ]
+    cfg = _config(config, [*(set_ or []), *extra])
     if records is None:
         from rl.streaming import run_streaming
 
         _logging()
-        raise typer.Exit(
-            run_streaming(cfg, sids or Path(cfg.learn.sids_dir), out, _stop_on_signals(), steps, seed)
-        )
+        try:
+            code = run_streaming(cfg, sids or Path(cfg.learn.sids_dir), out, _stop_on_signals(), steps, seed)
+        except InitError as exc:
+            console.print(f"[red]refused:[/red] {exc}")
+            raise typer.Exit(2) from None
+        raise typer.Exit(code)
     if steps is None:
         console.print("[red]offline learning needs --steps[/red]")
         raise typer.Exit(2)
@@ -373,8 +389,9 @@ def learn(
             out or Path(cfg.learn.run_dir),
             seed,
             policy=policy,
+            join=cfg.join,
         )
-    except (ValueError, OSError, WeightsError) as exc:
+    except (ValueError, OSError, WeightsError, CheckpointError) as exc:
         console.print(f"[red]refused:[/red] {exc}")
         raise typer.Exit(2) from None
     console.print(f"checkpoint {summary['checkpoint']}: {json.dumps(summary)}")
