@@ -5,9 +5,12 @@ Gate (issue #5), in order; a refusal is recorded in history.jsonl with its reaso
 copied:
  1. every file matches the manifest's sha256 (a truncated or edited checkpoint is never pushed);
  2. every floating-point parameter in the model's safetensors is finite;
- 3. held-out HR@10 (records the learner kept aside, never trained on) is not more than
+ 3. the candidate has not collapsed: its top-1 SIDs over the held-out prompts are more than
+    `min_distinct_top1` of them distinct (a collapsed policy names the same few items for any query);
+ 4. held-out HR@10 (records the learner kept aside, never trained on) is not more than
     `max_regression` below that of the version now served, both measured on the same records.
-    Evaluation is injected (`evaluate(folder) -> HR@10 or None`) so this package needs no model code.
+    Evaluation is injected (`evaluate(folder) -> {"hr@10", "distinct_top1_share", ...} or None`) so
+    this package needs no model code.
 A scheduled push while serving is pinned is held (recorded as `held_push`); a push of a step that
 is already the newest version is skipped without a record.
 """
@@ -29,7 +32,7 @@ from checkpoints.serving import ServingRoot
 from checkpoints.store import Checkpoint, CheckpointError, CheckpointStore, read_manifest, verify
 
 log = logging.getLogger("streamrl.push")
-Evaluate = Callable[[Path], float | None]
+Evaluate = Callable[[Path], dict[str, float] | None]
 
 
 @dataclass
@@ -67,6 +70,7 @@ def push(
     step: int | None = None,
     evaluate: Evaluate | None = None,
     max_regression: float = 0.02,
+    min_distinct_top1: float = 0.0,
     scheduled: bool = False,
     notify_url: str | None = None,
     verify_timeout_s: float = 10.0,
@@ -93,17 +97,22 @@ def push(
             stack.enter_context(store.holding(ckpt.step))
         except CheckpointError as exc:  # deleted by retention between listing and holding it
             return PushResult(False, str(exc), step=ckpt.step)
-        return _gate_and_copy(
-            serving, ckpt, step, evaluate, max_regression, trigger, notify_url, verify_timeout_s
-        )
+        gate = Gate(evaluate, max_regression, min_distinct_top1)
+        return _gate_and_copy(serving, ckpt, step, gate, trigger, notify_url, verify_timeout_s)
+
+
+@dataclass(frozen=True)
+class Gate:
+    evaluate: Evaluate | None
+    max_regression: float
+    min_distinct_top1: float
 
 
 def _gate_and_copy(
     serving: ServingRoot,
     ckpt: Checkpoint,
     step: int | None,
-    evaluate: Evaluate | None,
-    max_regression: float,
+    gate: Gate,
     trigger: str,
     notify_url: str | None,
     verify_timeout_s: float,
@@ -126,23 +135,10 @@ def _gate_and_copy(
     if bad:
         return refuse(f"non-finite parameters: {', '.join(bad[:5])}{' …' if len(bad) > 5 else ''}")
     metrics: dict[str, Any] = {}
-    if evaluate is not None:
-        hr = evaluate(ckpt.path)
-        if hr is not None:
-            metrics["hr@10"] = hr
-            if served is not None:
-                base = evaluate(serving.version_path(served))
-                if base is not None:
-                    metrics["served_hr@10"] = base
-                    metrics["served_version"] = served
-                    if not math.isfinite(hr) or hr < base - max_regression:
-                        return refuse(
-                            f"held-out HR@10 {hr:.4f} is more than {max_regression} below "
-                            f"version {served}'s {base:.4f}",
-                            metrics,
-                        )
-        else:
-            metrics["gate_note"] = "no held-out records yet: HR@10 not compared"
+    if gate.evaluate is not None:
+        reason = _compare(serving, ckpt.path, served, gate, metrics)
+        if reason:
+            return refuse(reason, metrics)
     version = serving.push(
         ckpt.path, {"trigger": trigger, "metrics": {**manifest.get("metrics", {}), **metrics}}
     )
@@ -151,6 +147,40 @@ def _gate_and_copy(
         result.notified = notify(serving, notify_url, version, verify_timeout_s)
     log.info("pushed step %d as version %d", ckpt.step, version)
     return result
+
+
+def _compare(
+    serving: ServingRoot, path: Path, served: int | None, gate: Gate, metrics: dict[str, Any]
+) -> str | None:
+    """Gate steps 3 and 4 on held-out records; fills `metrics`; the reason to refuse, or None."""
+    assert gate.evaluate is not None
+    cand = gate.evaluate(path)
+    if cand is None:
+        metrics["gate_note"] = "no held-out records yet: HR@10 not compared"
+        return None
+    hr = cand["hr@10"]
+    metrics["hr@10"] = hr
+    share = cand.get("distinct_top1_share")
+    if share is not None:
+        metrics["distinct_top1_share"] = share
+        if share <= gate.min_distinct_top1:
+            return (
+                f"collapsed: top-1 SIDs over {int(cand.get('n', 0))} held-out prompts are {share:.3f} "
+                f"distinct, at or below push.min_distinct_top1 {gate.min_distinct_top1}"
+            )
+    if served is None:
+        return None
+    base = gate.evaluate(serving.version_path(served))
+    if base is None:
+        return None
+    metrics["served_hr@10"] = base["hr@10"]
+    metrics["served_version"] = served
+    if not math.isfinite(hr) or hr < base["hr@10"] - gate.max_regression:
+        return (
+            f"held-out HR@10 {hr:.4f} is more than {gate.max_regression} below "
+            f"version {served}'s {base['hr@10']:.4f}"
+        )
+    return None
 
 
 def _version_step(serving: ServingRoot, version: int) -> int | None:

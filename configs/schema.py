@@ -156,7 +156,7 @@ class WarmStartConfig(Section):
     records: str | None = None  # ops: a folder of reward-record Parquet files (`streamrl replay` output)
     lookback_s: float | None = Field(None, gt=0.0)  # ops: or the rewards topic's last this many seconds
     steps: int = Field(300, ge=1)  # measured (docs/benchmarks.md): SFT steps of B prompts
-    lr: float | None = Field(None, gt=0.0)  # ops: SFT learning rate; None = learn.lr
+    lr: float = Field(3e-4, gt=0.0)  # measured: the SFT learning rate (learn.lr is RL's)
 
     @property
     def enabled(self) -> bool:

@@ -1,6 +1,8 @@
 """Offline evaluation: beam search constrained to real SIDs, HR@K and MRR@K against the clicked ∪
-ordered items of held-out records (also split by click and order targets), and the valid-SID rate
-of free (unconstrained, level-restricted) sampling."""
+ordered items of held-out records (also split by click and order targets, and per target item as
+the paper's tables count), distinct top-1 SIDs over the prompts (a collapsed policy names the same
+few items for every query), and the valid-SID rate of free (unconstrained, level-restricted)
+sampling."""
 
 from __future__ import annotations
 
@@ -54,6 +56,8 @@ def evaluate(
     sums = {"hr": 0.0, "mrr": 0.0, "hr_click": 0.0, "mrr_click": 0.0, "hr_order": 0.0, "mrr_order": 0.0}
     n = n_click = n_order = 0
     valid = total = 0
+    top1: set[tuple[int, ...]] = set()
+    pt_n, pt_hr, pt_mrr = 0, 0.0, 0.0  # per target item
     gen = torch.Generator().manual_seed(seed)
     for rec in records:
         clicked = {i["item_id"] for i in rec["items"] if i["clicked"]}
@@ -62,7 +66,15 @@ def evaluate(
             continue
         history = [book.sids[h] for h in rec["history"][:history_len] if h in book.sids]
         prompt = format_prompt(rec["query"], history, tok)
-        ranked = [by_sid[s] for s, _ in beam_search(model, tok, prompt, vocab, max(beam, k))][:k]
+        beams = beam_search(model, tok, prompt, vocab, max(beam, k))
+        if beams:
+            top1.add(beams[0][0])
+        ranked = [by_sid[s] for s, _ in beams][:k]
+        for target in clicked | ordered:
+            rank = ranked.index(target) + 1 if target in ranked else None
+            pt_n += 1
+            pt_hr += rank is not None
+            pt_mrr += 1.0 / rank if rank else 0.0
         for name, targets in (("", clicked | ordered), ("_click", clicked), ("_order", ordered)):
             if not targets:
                 continue
@@ -83,6 +95,10 @@ def evaluate(
         f"mrr@{k}_click": sums["mrr_click"] / max(n_click, 1),
         f"hr@{k}_order": sums["hr_order"] / max(n_order, 1),
         f"mrr@{k}_order": sums["mrr_order"] / max(n_order, 1),
+        f"hr@{k}_per_target": pt_hr / max(pt_n, 1),
+        f"mrr@{k}_per_target": pt_mrr / max(pt_n, 1),
+        "distinct_top1": len(top1),
+        "distinct_top1_share": len(top1) / max(n, 1),
         "valid_sid_rate": valid / max(total, 1),
         "n": n,
         "n_click": n_click,

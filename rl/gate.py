@@ -13,17 +13,18 @@ from stream.records import read_records
 
 
 def heldout_evaluator(heldout: Path, limit: int, beam: int, cfg: LearnConfig) -> Evaluate:
-    """`evaluate(folder) -> HR@10`, or None while there are no held-out records. The records are read
-    once per push, so the candidate and the served version are measured on the same ones."""
+    """`evaluate(folder) -> {"hr@10", "distinct_top1_share", "n"}`, or None while there are no
+    held-out records. The records are read once per push, so the candidate and the served version are
+    measured on the same ones."""
     records = list(read_records([heldout]))[-limit:] if heldout.exists() else []
 
-    def run(folder: Path) -> float | None:
+    def run(folder: Path) -> dict[str, float] | None:
         if not records:
             return None
         model, tok, book, vocab = load_for_inference(folder)
         result = evaluate(
             model, tok, book, vocab, records, k=10, beam=beam, history_len=cfg.history_len, free_samples=0
         )
-        return float(result["hr@10"])
+        return {k: float(result[k]) for k in ("hr@10", "distinct_top1_share", "n")}
 
     return run

@@ -72,6 +72,7 @@ def run_offline(
         "prompts": len(prompts),
         "weights_version": learner.policy.version,
         "init_from": str(init) if init else None,
+        "last": last,
     }
     path = save(CheckpointStore(out), learner, metrics=last, extra={"summary": summary, "history": history})
     export(path, out)

@@ -143,6 +143,7 @@ class StreamingLearner:
                     self.run_dir / HELDOUT, pc.eval_records, pc.eval_beam, self.cfg.learn
                 ),
                 max_regression=pc.max_regression,
+                min_distinct_top1=pc.min_distinct_top1,
                 scheduled=True,
                 notify_url=pc.notify_url,
                 verify_timeout_s=pc.verify_timeout_s,

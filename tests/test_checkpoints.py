@@ -141,14 +141,30 @@ def test_the_gate_refuses_damaged_nonfinite_and_regressing_checkpoints(tmp_path:
     # 3. held-out HR@10 more than max_regression below the served version's
     store.write(4, _fill(4.0), {})
     hr = {"0000000004": 0.20, "1": 0.30}
-    r = push(store, serving, evaluate=lambda p: hr[p.name], max_regression=0.05)
+    r = push(store, serving, evaluate=lambda p: {"hr@10": hr[p.name]}, max_regression=0.05)
     assert not r.pushed and "HR@10 0.2000" in r.reason and r.metrics["served_hr@10"] == 0.30
-    r = push(store, serving, evaluate=lambda p: hr[p.name], max_regression=0.15)
+    r = push(store, serving, evaluate=lambda p: {"hr@10": hr[p.name]}, max_regression=0.15)
     assert r.pushed and r.version == 2 and r.metrics["hr@10"] == 0.20
     refused = [h for h in serving.history() if h["action"] == "refused_push"]
     assert [h["step"] for h in refused] == [2, 3, 4] and all(h["reason"] for h in refused)
     assert serving.versions() == [1, 2]  # nothing refused was copied
     assert json.loads((serving.version_path(2) / "manifest.json").read_text())["step"] == 4
+
+
+def test_the_gate_refuses_a_collapsed_candidate_even_with_a_better_hr(tmp_path: Path) -> None:
+    store = _store(tmp_path, (1,))
+    serving = ServingRoot(tmp_path / "serving", "m")
+    assert push(store, serving).version == 1
+    store.write(2, _fill(2.0), {})
+    # 6 distinct top-1 SIDs over 100 prompts: at or below 0.1 is a collapse, whatever HR@10 says
+    scores = {"0000000002": {"hr@10": 0.4, "distinct_top1_share": 0.06, "n": 100.0}, "1": {"hr@10": 0.3}}
+    r = push(store, serving, evaluate=lambda p: scores[p.name], min_distinct_top1=0.1)
+    assert not r.pushed and "collapsed" in r.reason and "0.060" in r.reason
+    assert serving.history()[-1]["action"] == "refused_push" and serving.versions() == [1]
+    # the same candidate with 30 distinct passes (and beats the served HR@10)
+    scores["0000000002"]["distinct_top1_share"] = 0.3
+    r = push(store, serving, evaluate=lambda p: scores[p.name], min_distinct_top1=0.1)
+    assert r.pushed and r.version == 2 and r.metrics["distinct_top1_share"] == 0.3
 
 
 def test_unreadable_policy_is_an_error_not_a_silent_default(tmp_path: Path) -> None:
@@ -178,11 +194,11 @@ def test_a_push_is_safe_while_retention_runs_beside_it(tmp_path: Path) -> None:
     store = _store(tmp_path, (1,))
     serving = ServingRoot(tmp_path / "serving", "m")
 
-    def slow_eval(folder: Path) -> float:
+    def slow_eval(folder: Path) -> dict[str, float]:
         for s in range(2, 6):  # the learner writes and prunes while the push evaluates
             store.write(s, _fill(float(s)), {})
             store.retain(1)
-        return 0.5
+        return {"hr@10": 0.5}
 
     r = push(store, serving, step=1, evaluate=slow_eval)
     assert r.pushed and r.version == 1 and verify(serving.version_path(1))["step"] == 1
