@@ -124,11 +124,17 @@ class Learner:
         self.ref: Any | None = None  # the frozen KL reference (`anchor`)
         self.rng = random.Random(seed)
         self.gen = torch.Generator().manual_seed(seed)
-        self.opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.reset_optimizer()
         self.steps = 0
         self.skipped = 0
         self.codebook_dir: Path = Path(".")  # where the codebook files came from (checkpoints copy them)
         self.resets_done: set[str] = set()  # rollback --reset-learner requests already honoured
+
+    def reset_optimizer(self, lr: float | None = None) -> None:
+        """A fresh AdamW (at `lr`, default learn.lr): RL does not inherit SFT's moment estimates."""
+        self.opt = torch.optim.AdamW(
+            self.model.parameters(), lr=lr or self.cfg.lr, weight_decay=self.cfg.weight_decay
+        )
 
     def anchor(self) -> None:
         """Freeze a copy of the current model as the KL reference (learn.beta > 0)."""
@@ -214,9 +220,10 @@ class Learner:
             yield
 
     # -- one step ----------------------------------------------------------------------------
-    def step(self, batch: Batch) -> StepStats:
+    def step(self, batch: Batch, sft: bool = False) -> StepStats:
+        """One optimiser step of `learn.algo` (or of SFT, `sft=True`: the warm start's steps)."""
         self.model.train()
-        if self.cfg.algo == "sft":
+        if sft or self.cfg.algo == "sft":
             loss = self._sft_nll(batch)
             stats = {"loss": float(loss.detach())}
         else:

@@ -3,7 +3,9 @@
 setup → loop → shutdown.
 
 Setup: resume from the newest checkpoint in RUN_DIR/checkpoints that verifies (a corrupt one is
-skipped with a log line), else a fresh policy; start the scheduler (apscheduler, coalesce,
+skipped with a log line), else start from `learn.init_from` or a fresh policy; with no checkpoint
+yet and `learn.warm_start` set, warm start (rl/warm.py: SFT on logged records, save, push through
+the gate) before anything else; then start the scheduler (apscheduler, coalesce,
 max_instances=1, misfire grace = the period): a checkpoint tick every `checkpoint.every_s` and a
 push every `push.every_s` (or `push.cron`).
 
@@ -44,6 +46,7 @@ from configs.schema import StreamrlConfig
 from rewards.weights import WeightsStore, WeightsWatcher, default_policy
 from rl.checkpointing import new_learner, save
 from rl.gate import heldout_evaluator
+from rl.warm import run_warm_start, warm_records
 from stream.kafka_io import RewardReader
 from stream.metrics import ProcessMetrics
 from stream.records import RECORD_SCHEMA, write_parquet_atomic
@@ -86,6 +89,8 @@ class StreamingLearner:
         )
         if latest:
             log.info("resumed from checkpoint %d (%s)", latest[0].step, latest[0].path)
+        self.needs_warm_start = cfg.learn.warm_start.enabled and not latest
+        self.warm: dict[str, Any] = {}  # warm-start progress, for /healthz
         self.buffer: deque[dict[str, Any]] = deque(maxlen=cfg.learn.buffer_size)
         self.heldout: deque[dict[str, Any]] = deque(maxlen=cfg.push.heldout_max)
         self.rng = random.Random(seed)
@@ -153,6 +158,29 @@ class StreamingLearner:
         except Exception as exc:
             self.last_error = f"scheduled push failed: {exc}"
             log.exception("scheduled push failed")
+
+    def warm_start(self) -> None:
+        """SFT on the logged records, then a checkpoint and a push through the gate (no commit: the
+        reader has not read anything yet)."""
+        wc = self.cfg.learn.warm_start
+        records = warm_records(wc, self.cfg.kafka)
+        log.info("warm start on %d records, %d SFT steps", len(records), wc.steps)
+        train = self._split(records)
+
+        def progress(step: int, of: int, loss: float) -> None:
+            self.warm = {"step": step, "of": of, "loss": loss}
+            self._publish(force=True)
+
+        self.warm = {"step": 0, "of": wc.steps}
+        self._publish(force=True)
+        summary = run_warm_start(self.learner, train, wc, self.seed, progress)
+        self.buffer.extend(r for r in train if self.learner.usable(r))  # RL starts on them
+        self.newest = max([self.newest, *(r["ts_ms"] for r in records)])
+        save(self.store, self.learner, None, {"warm_start_loss": summary["loss"]}, {"warm_start": summary})
+        self._write_heldout()
+        self.last_saved_step = self.learner.steps
+        self.needs_warm_start = False
+        self.scheduled_push()  # the first push: the warm-start model, through the gate
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self, reader: RewardReader, stop: threading.Event, max_steps: int | None = None) -> int:
@@ -246,6 +274,10 @@ class StreamingLearner:
             ("reward_mean", "streamrl_learner_reward_mean", "Mean item reward of the last step's rollouts"),
             ("valid_sid_rate", "streamrl_learner_valid_sid_rate", "Share of rollouts that are real items"),
             ("promoted_share", "streamrl_learner_promoted_share", "Share of rollouts that hit a promotion"),
+            ("entropy", "streamrl_learner_rollout_entropy", "Mean per-token entropy of the rollouts, nats"),
+            ("distinct_sids", "streamrl_learner_distinct_sid_share", "Distinct SIDs / rollouts, last step"),
+            ("kl", "streamrl_learner_kl", "KL(policy || reference) estimate, last step"),
+            ("sft_nll", "streamrl_learner_sft_nll", "Per-token NLL of the SFT term, last step"),
         ):
             if key in m:
                 values[name] = (doc, float(m[key]))
@@ -261,6 +293,7 @@ class StreamingLearner:
                 "buffer": len(self.buffer),
                 "rollouts_per_s": round(rate, 1),
                 "last_error": self.last_error,
+                "warm_start": self.warm or None,
                 **{
                     k: m[k]
                     for k in ("loss", "reward_mean", "reward_co", "reward_ctr", "reward_rel")
@@ -269,9 +302,9 @@ class StreamingLearner:
             },
         )
 
-    def _read(self, records: list[dict[str, Any]]) -> None:
-        lc, pc = self.cfg.learn, self.cfg.push
-        self.records_in += len(records)
+    def _split(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Held-out requests (by request hash) to the gate's set; the rest returned for training."""
+        pc = self.cfg.push
         train = []
         for r in records:
             engaged = any(i["clicked"] or i["ordered"] for i in r["items"])
@@ -279,6 +312,12 @@ class StreamingLearner:
                 self.heldout.append(r)
             else:
                 train.append(r)
+        return train
+
+    def _read(self, records: list[dict[str, Any]]) -> None:
+        lc = self.cfg.learn
+        self.records_in += len(records)
+        train = self._split(records)
         self.learner.observe(train)
         self.buffer.extend(r for r in train if self.learner.usable(r))
         self.newest = max([self.newest, *(r["ts_ms"] for r in records)])
@@ -289,9 +328,7 @@ class StreamingLearner:
         """1. checkpoint (atomic); 2. the held-out set; 3. commit offsets; 4. retention."""
         self.tick.clear()
         path = save(self.store, self.learner, reader.positions(), self.last_metrics)
-        if self.heldout:
-            table = pa.Table.from_pylist(list(self.heldout), schema=RECORD_SCHEMA)
-            write_parquet_atomic(table, self.run_dir / HELDOUT)
+        self._write_heldout()
         reader.commit()
         self.last_saved_step = self.learner.steps
         try:
@@ -300,6 +337,11 @@ class StreamingLearner:
             keep = set()
         self.store.retain(self.cfg.checkpoint.keep_last, keep)
         log.info("checkpoint at step %d in %s", self.learner.steps, path)
+
+    def _write_heldout(self) -> None:
+        if self.heldout:
+            table = pa.Table.from_pylist(list(self.heldout), schema=RECORD_SCHEMA)
+            write_parquet_atomic(table, self.run_dir / HELDOUT)
 
     def _maybe_reset(self) -> None:
         now = time.monotonic()
@@ -353,6 +395,12 @@ def run_streaming(
     sl = StreamingLearner(cfg, sids_dir, run_dir, seed)
     sl.metrics.serve(cfg.metrics.host, cfg.metrics.learner_port)
     sl._publish(force=True)  # /metrics and /healthz answer from the start
+    if sl.needs_warm_start:
+        try:
+            sl.warm_start()  # before the reader and the scheduler: no push precedes it
+        except BaseException:
+            sl.metrics.stop()
+            raise
     reader = RewardReader(cfg.kafka, cfg.kafka.learn_group)
     sched = sl.start_scheduler()
     try:
