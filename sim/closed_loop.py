@@ -6,14 +6,28 @@ served — connection refused, a non-200 answer, no items — it declines and th
 its logging ranker. `LoopStats` measures what an online A/B test would: CTR (clicked impressed items /
 impressed items) and order rate per request, split by who ranked (served version or the logging
 ranker), per window of event time.
+
+The online A/B (`ArmRanker`): users are split by a stable hash of user_id into `logging` (the
+engine's ranker) and named model arms, each served by its own endpoint (`frozen`: the warm-start
+model pinned; `live`: the daemon's newest push). A user stays in one arm for the whole run. A model
+arm whose endpoint declines (nothing served yet) falls back to the logging ranker, and those
+requests are counted apart (`<arm> (fallback)`), never as the arm's.
+
+Confidence intervals (95 %): CTR is a ratio of sums over requests (clicks / shown items), whose
+items are correlated within a request, so its variance is the delta-method (cluster) estimate
+    var(ctr) = Σ_i (c_i − ctr·s_i)² / (n (n − 1) s̄²)     (c_i clicks, s_i shown, n requests);
+orders per request is a plain mean, var = sample variance / n. Interval = estimate ± 1.96·√var.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import urllib.error
 import urllib.request
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
 from sim.simulate import Request
@@ -47,39 +61,104 @@ class HttpRanker:
         return [str(it["item_id"]) for it in items if isinstance(it, dict) and "item_id" in it]
 
 
-class LoopStats:
-    """Per window of event time and per ranker: requests, impressed items, clicks, orders."""
+def arm_of(user_id: str, arms: Sequence[str], salt: str = "ab") -> str:
+    """A stable, even split of users over `arms` (blake2b of salt and user_id)."""
+    h = int.from_bytes(hashlib.blake2b(f"{salt}:{user_id}".encode(), digest_size=8).digest(), "little")
+    return arms[h % len(arms)]
 
-    def __init__(self, ranker: HttpRanker | None, window_s: float = 60.0) -> None:
+
+class ArmRanker:
+    """The online A/B: `logging` declines (the simulator's own ranker shows the items); every other
+    arm asks its endpoint. After each call `last_arm` names the arm the user is in (the simulator
+    copies it onto the request)."""
+
+    def __init__(self, urls: dict[str, str], timeout_s: float = 2.0, salt: str = "ab") -> None:
+        self.arms = ["logging", *urls]
+        self.rankers = {name: HttpRanker(url, timeout_s) for name, url in urls.items()}
+        self.salt = salt
+        self.last_arm = "logging"
+
+    def __call__(self, user: User, query: Query, history: list[str], k: int) -> list[str] | None:
+        self.last_arm = arm_of(user.user_id, self.arms, self.salt)
+        ranker = self.rankers.get(self.last_arm)
+        return ranker(user, query, history, k) if ranker else None
+
+    def version(self, arm: str) -> Any:
+        ranker = self.rankers.get(arm)
+        return ranker.version if ranker else None
+
+
+def who_ranked(req: Request, ranker: Any) -> str:
+    """The arm of an A/B request (fallbacks apart), else served version or logging ranker."""
+    if req.arm:
+        return req.arm if req.served or req.arm == "logging" else f"{req.arm} (fallback)"
+    return f"served v{ranker.version}" if req.served and ranker is not None else "logging ranker"
+
+
+class Cell:
+    """Sums over the requests of one arm (and window) that the estimates and intervals need."""
+
+    __slots__ = ("c2", "clicks", "cs", "n", "o2", "orders", "s2", "shown")
+
+    def __init__(self) -> None:
+        self.n = self.shown = self.clicks = self.orders = 0
+        self.c2 = self.s2 = self.cs = self.o2 = 0
+
+    def add(self, shown: int, clicks: int, orders: int) -> None:
+        self.n += 1
+        self.shown += shown
+        self.clicks += clicks
+        self.orders += orders
+        self.c2 += clicks * clicks
+        self.s2 += shown * shown
+        self.cs += clicks * shown
+        self.o2 += orders * orders
+
+    def merge(self, other: Cell) -> None:
+        for name in self.__slots__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def summary(self) -> dict[str, Any]:
+        n = self.n
+        ctr = self.clicks / max(self.shown, 1)
+        opr = self.orders / max(n, 1)
+        if n > 1 and self.shown:
+            s_bar = self.shown / n
+            resid = self.c2 - 2 * ctr * self.cs + ctr * ctr * self.s2  # Σ (c_i − ctr s_i)²
+            half = 1.96 * math.sqrt(max(resid, 0.0) / (n * (n - 1) * s_bar * s_bar))
+            var_o = max(self.o2 - n * opr * opr, 0.0) / (n - 1) / n
+            half_o = 1.96 * math.sqrt(var_o)
+        else:
+            half = half_o = float("inf")
+        return {
+            "requests": n,
+            "ctr": ctr,
+            "ctr_ci95": [ctr - half, ctr + half],
+            "orders_per_request": opr,
+            "orders_per_request_ci95": [opr - half_o, opr + half_o],
+        }
+
+
+class LoopStats:
+    """Per window of event time and per arm (or ranker): requests, CTR and orders per request, with
+    95 % confidence intervals."""
+
+    def __init__(self, ranker: Any, window_s: float = 60.0) -> None:
         self.ranker = ranker
         self.window_ms = int(window_s * 1000)
-        self.cells: dict[tuple[int, str], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+        self.cells: dict[tuple[int, str], Cell] = defaultdict(Cell)
 
     def on_request(self, req: Request) -> None:
-        who = f"served v{self.ranker.version}" if req.served and self.ranker else "logging ranker"
-        cell = self.cells[(req.ts_ms // self.window_ms * self.window_ms, who)]
-        cell[0] += 1
-        cell[1] += len(req.shown)
-        cell[2] += len(req.clicks)
-        cell[3] += len(req.orders)
+        who = who_ranked(req, self.ranker)
+        self.cells[(req.ts_ms // self.window_ms * self.window_ms, who)].add(
+            len(req.shown), len(req.clicks), len(req.orders)
+        )
 
     def rows(self) -> list[dict[str, Any]]:
-        return [
-            {
-                "window_ms": w,
-                "ranker": who,
-                "requests": c[0],
-                "ctr": c[2] / max(c[1], 1),
-                "orders_per_request": c[3] / max(c[0], 1),
-            }
-            for (w, who), c in sorted(self.cells.items())
-        ]
+        return [{"window_ms": w, "ranker": who, **c.summary()} for (w, who), c in sorted(self.cells.items())]
 
-    def totals(self) -> dict[str, dict[str, float]]:
-        agg: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    def totals(self) -> dict[str, dict[str, Any]]:
+        agg: dict[str, Cell] = defaultdict(Cell)
         for (_, who), c in self.cells.items():
-            agg[who] = [a + b for a, b in zip(agg[who], c, strict=True)]
-        return {
-            who: {"requests": c[0], "ctr": c[2] / max(c[1], 1), "orders_per_request": c[3] / max(c[0], 1)}
-            for who, c in agg.items()
-        }
+            agg[who].merge(c)
+        return {who: c.summary() for who, c in sorted(agg.items())}

@@ -56,6 +56,7 @@ class Request:
     orders: list[tuple[Item, int, float]]
     heldout: bool
     served: bool
+    arm: str = ""  # the online A/B arm of the user (sim/closed_loop.py `ArmRanker`); "" = no A/B
 
 
 class Simulator:
@@ -121,8 +122,10 @@ class Simulator:
         k = self.b.page_size
         shown_idx: list[int] | None = None
         served = False
+        arm = ""
         if self.ranker is not None:
             ids = self.ranker(user, q, self._history.get(user.user_id, [])[:20], k)
+            arm = getattr(self.ranker, "last_arm", "")  # an A/B ranker names the user's arm
             if ids:
                 shown_idx = [self._index[x] for x in dict.fromkeys(ids) if x in self._index][:k]
                 served = bool(shown_idx)
@@ -152,7 +155,7 @@ class Simulator:
             hist[:0] = [it.item_id for it, _ in reversed(clicks) if it.item_id not in hist]
             del hist[40:]
         return Request(
-            f"s{self.world.cfg.seed}-{i}", user, q, ts_ms, shown, tiers, clicks, orders, heldout, served
+            f"s{self.world.cfg.seed}-{i}", user, q, ts_ms, shown, tiers, clicks, orders, heldout, served, arm
         )
 
     def item_events(self) -> Iterator[bytes]:

@@ -211,14 +211,25 @@ def simulate(
     serving_url: Annotated[
         str | None, typer.Option(help="Closed loop: POST /search URL of the served model.")
     ] = None,
-    loop_stats: Annotated[Path | None, typer.Option(help="Closed loop: CTR per minute, JSON lines.")] = None,
+    loop_stats: Annotated[
+        Path | None,
+        typer.Option(help="Closed loop: requests, CTR and orders/request per arm per minute, 95 % CIs."),
+    ] = None,
+    arm: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--arm",
+            help="Online A/B: NAME=URL of a model arm's POST /search (repeat: frozen=..., live=...); "
+            "users split by a stable hash over logging + these arms.",
+        ),
+    ] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
     """Simulated search traffic with known ground truth: item events, then requests."""
     from pydantic import ValidationError
 
-    from sim.closed_loop import HttpRanker, LoopStats
+    from sim.closed_loop import ArmRanker, HttpRanker, LoopStats
     from sim.output import TruthWriter, to_file, to_kafka
     from sim.simulate import Request, Simulator
     from sim.world import build_world, load_world_config
@@ -231,8 +242,14 @@ def simulate(
     except (OSError, ValidationError, ValueError) as exc:
         console.print(f"[red]world refused:[/red] {world}: {exc}")
         raise typer.Exit(2) from None
+    arms = dict(a.split("=", 1) for a in arm or [] if "=" in a)
+    if len(arms) != len(arm or []) or "logging" in arms or (arms and serving_url):
+        console.print("[red]--arm takes NAME=URL (not logging), and not together with --serving-url[/red]")
+        raise typer.Exit(2)
     w = build_world(wcfg)
-    ranker = HttpRanker(serving_url) if serving_url else None
+    ranker: HttpRanker | ArmRanker | None = ArmRanker(arms) if arms else None
+    if serving_url:
+        ranker = HttpRanker(serving_url)
     sim = Simulator(w, seed, ranker=ranker)
     stats = LoopStats(ranker)
     n_req = requests or int((duration or 60.0) * wcfg.behaviour.requests_per_s)

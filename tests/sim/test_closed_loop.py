@@ -123,3 +123,97 @@ def test_impressions_in_the_loop_are_valid_events(tmp_path: Path, world_and_best
     imps = [orjson.loads(x) for x in lines if b'"impression"' in x]
     served = [i for i in imps if all(it["rel_tier"] == 3 for it in i["items"])]
     assert len(served) > len(imps) // 2
+
+
+def test_the_ctr_interval_is_the_cluster_delta_method_by_hand() -> None:
+    from sim.closed_loop import Cell
+
+    c = Cell()
+    for shown, clicks, orders in ((10, 2, 1), (10, 0, 0), (10, 1, 0), (10, 3, 1)):
+        c.add(shown, clicks, orders)
+    s = c.summary()
+    # ctr = 6 / 40 = 0.15; residuals c_i - 0.15 s_i = 0.5, -1.5, -0.5, 1.5: squares sum 5.0
+    # var = 5.0 / (4 * 3 * 10^2) = 0.0041667; half width 1.96 * 0.064550 = 0.126518
+    assert s["ctr"] == pytest.approx(0.15)
+    assert s["ctr_ci95"] == pytest.approx([0.15 - 0.126518, 0.15 + 0.126518], abs=1e-5)
+    # orders per request 0.5; sample variance 1/3; var of the mean 1/12; half 1.96 * 0.288675
+    assert s["orders_per_request"] == 0.5
+    assert s["orders_per_request_ci95"] == pytest.approx([0.5 - 0.565803, 0.5 + 0.565803], abs=1e-5)
+    one = Cell()
+    one.add(10, 1, 0)
+    assert one.summary()["ctr_ci95"] == [float("-inf"), float("inf")]  # one request: no interval
+
+
+def test_users_split_stably_and_evenly_over_the_arms() -> None:
+    from sim.closed_loop import arm_of
+
+    arms = ["logging", "frozen", "live"]
+    got = [arm_of(f"u{n}", arms) for n in range(3000)]
+    assert got == [arm_of(f"u{n}", arms) for n in range(3000)]  # stable
+    for a in arms:
+        assert 900 < got.count(a) < 1100  # even: 1000 ± ~3.3 standard deviations
+    assert arm_of("u1", arms, salt="other-test") in arms
+
+
+def test_online_ab_reports_three_arms_with_intervals(tmp_path: Path, world_and_best) -> None:
+    world, best = world_and_best
+    worst = {q.text: [it.item_id for it in world.items if world.tier(q, it) == 0] for q in world.queries}
+    good, bad = _Server(best, cold=0), _Server(worst, cold=30)
+    stats = tmp_path / "loop.jsonl"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "streamrl",
+            "simulate",
+            "--world",
+            str(ROOT / "configs/world.yaml"),
+            "--out",
+            str(tmp_path / "e.jsonl"),
+            "--requests",
+            "900",
+            "--arm",
+            f"live={good.url}",
+            "--arm",
+            f"frozen={bad.url}",
+            "--loop-stats",
+            str(stats),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    good.httpd.shutdown()
+    bad.httpd.shutdown()
+    assert proc.returncode == 0, proc.stderr
+    totals = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(totals) == {"logging", "frozen", "live", "frozen (fallback)"}
+    assert totals["frozen (fallback)"]["requests"] == 30  # declined while "nothing was served"
+    assert sum(t["requests"] for t in totals.values()) == 900
+    for arm in ("logging", "frozen", "live"):
+        lo, hi = totals[arm]["ctr_ci95"]
+        assert totals[arm]["requests"] > 200 and lo < totals[arm]["ctr"] < hi
+    # tier-3 items beat the logging ranker, tier-0 items lose to it, beyond the intervals
+    assert totals["live"]["ctr_ci95"][0] > totals["logging"]["ctr_ci95"][1]
+    assert totals["frozen"]["ctr_ci95"][1] < totals["logging"]["ctr_ci95"][0]
+    rows = [json.loads(x) for x in stats.read_text().splitlines()]
+    assert {"logging", "frozen", "live"} <= {r["ranker"] for r in rows}
+    assert all("ctr_ci95" in r for r in rows)
+    bad_arg = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "streamrl",
+            "simulate",
+            "--world",
+            str(ROOT / "configs/world.yaml"),
+            "--out",
+            str(tmp_path / "x.jsonl"),
+            "--arm",
+            "logging=http://x",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad_arg.returncode == 2
