@@ -19,9 +19,12 @@ class TruthWriter:
     """`--truth DIR`: catalog, queries, users, the relevance table for the queries in play, and the
     held-out requests (generated like the others, never emitted)."""
 
-    def __init__(self, world: World, root: Path) -> None:
+    def __init__(self, world: World, root: Path, all_queries: bool = False) -> None:
+        """`all_queries`: the relevance table lists every query of the world, not only those in
+        play (what a learner scoring live traffic after this needs)."""
         self.world = world
         self.root = root
+        self.all_queries = all_queries
         self.heldout: list[dict[str, Any]] = []
         self.queries_in_play: set[int] = set()
         self._qindex = {q.text: i for i, q in enumerate(world.queries)}
@@ -90,7 +93,7 @@ class TruthWriter:
         )
         _jsonl(root / "heldout.jsonl", iter(self.heldout))
         queries, items, tiers = [], [], []
-        for qi in sorted(self.queries_in_play):
+        for qi in range(len(w.queries)) if self.all_queries else sorted(self.queries_in_play):
             q = w.queries[qi]
             for it in w.items:
                 t = w.tier(q, it)

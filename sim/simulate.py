@@ -173,10 +173,11 @@ class Simulator:
             )
 
     def events(
-        self, requests: int, on_request: Callable[[Request], None] | None = None
+        self, requests: int, on_request: Callable[[Request], None] | None = None, first: int = 0
     ) -> Iterator[tuple[int, bytes]]:
-        """(arrival_ms, event) for item events, then `requests` requests, in arrival order.
-        Held-out requests are passed to `on_request` but not emitted."""
+        """(arrival_ms, event) for item events, then `requests` requests, in arrival order, numbered
+        from `first` (a second call on the same simulator, e.g. live after a backlog, continues the
+        numbering and the users' histories). Held-out requests go to `on_request` but not out."""
         for raw in self.item_events():
             yield self.start_ms, raw
         pending: list[tuple[int, int, bytes]] = []
@@ -184,7 +185,7 @@ class Simulator:
         gap_ms = 1000.0 / self.b.requests_per_s
         disorder_ms = int(self.b.disorder_s * 1000)
         ts = float(self.start_ms)
-        for i in range(requests):
+        for i in range(first, first + requests):
             ts += self.rng.exponential(gap_ms)
             req = self.request(i, int(ts))
             if on_request:

@@ -453,18 +453,24 @@ def eval_cmd(
 
 @app.command()
 def demo(
-    duration: Annotated[float, typer.Option(help="Seconds of closed-loop traffic before stopping.")] = 600.0,
+    duration: Annotated[
+        float, typer.Option(help="Seconds the whole run takes, set-up and warm start included.")
+    ] = 540.0,
     out: Annotated[Path, typer.Option(help="Run directory (emptied first).")] = Path("runs/demo"),
     encoder: Annotated[
         str, typer.Option(help="SID text encoder: minilm | hash | a local folder.")
     ] = "minilm",
+    world: Annotated[Path | None, typer.Option(help="World file (default configs/world.yaml).")] = None,
+    seed: Annotated[int | None, typer.Option(help="World and traffic seed (default: the file's).")] = None,
 ) -> None:
-    """The main job on the embedded default: local broker, simulated search engine (closed loop), the
-    daemon, the reference server, a live panel, and a PNG report at the end."""
-    from streamrl.demo import run_demo
+    """The main job on the embedded default: local broker, simulated search engine with a logged
+    backlog, the daemon (warm start, then live RL), live and frozen reference servers, an online A/B
+    against the engine's ranker, a live panel, and a PNG report at the end."""
+    from streamrl.demo import WORLD, run_demo
 
     _logging("WARNING")
-    raise typer.Exit(run_demo(duration, out, console, _stop_on_signals(), encoder))
+    code = run_demo(duration, out, console, _stop_on_signals(), encoder, world_file=world or WORLD, seed=seed)
+    raise typer.Exit(code)
 
 
 from streamrl import ops_cli  # noqa: E402,F401 - registers serve, push, rollback, checkpoints, weights

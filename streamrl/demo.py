@@ -1,14 +1,22 @@
-"""`streamrl demo` (= `make run`): the whole loop on one machine, closed.
+"""`streamrl demo` (= `make run`): the whole loop on one machine, closed, with an online A/B.
 
 1. a local Kafka-protocol broker (Tansu) on loopback, topics created;
 2. the simulated world (configs/world.yaml) and its semantic IDs (MiniLM by default);
-3. the daemon (`streamrl run`: joiner + learner with scheduled checkpoints and pushes) and the
-   reference server (`streamrl serve`), as child processes with their logs under OUT;
-4. simulated traffic in real time, closed-loop: once a version is served, impressions come from its
-   `POST /search`, and clicks/orders from the world's ground truth — so the served model's CTR in
-   the simulation is measured over time against the logging ranker's;
-5. a live panel; on exit (duration or Ctrl-C) everything started is stopped (SIGTERM, drained) and a
-   PNG report is written: learner reward, held-out HR@10 per push, simulated CTR, pushes marked.
+3. a backlog: the engine's own history, `backlog_s` seconds of traffic ranked by the logging ranker
+   (event time just before now), joined by the same join (`stream.replay`) into reward records;
+4. the daemon (`streamrl run`: joiner + learner) warm starts on that backlog (SFT, `learn.warm_start`),
+   pushes the result through the gate as version 1, then learns RL (TPMA-GRPO, anchored) live, with
+   scheduled checkpoints and pushes; the learner's relevance source is the world's relevance table
+   (standing in for the paper's relevance model);
+5. two reference servers (`streamrl serve`): `live` follows the daemon's pushes; `frozen` serves
+   version 1 (the warm start) for the whole run;
+6. once version 1 is served, simulated traffic in real time, split by user into three arms —
+   `logging` (the engine's ranker), `frozen`, `live` — with clicks and orders from the world's
+   ground truth: an online A/B test of what RL adds;
+7. a live panel; on exit (duration or Ctrl-C) everything started is stopped (SIGTERM, drained), the
+   A/B table is printed and written (ab.json), and a PNG report: learner reward, held-out HR@10 per
+   push, CTR of each arm over time, pushes marked.
+`duration` is the whole run's wall time, set-up and warm start included (drain and report after).
 Exit 0 when the daemon drained cleanly and at least one version was pushed and served.
 """
 
@@ -36,14 +44,18 @@ from rich.table import Table
 from checkpoints.serving import ServingRoot
 from configs import load_config
 from configs.schema import StreamrlConfig
-from sim.closed_loop import HttpRanker
+from sim.closed_loop import ArmRanker, Cell, who_ranked
+from sim.output import TruthWriter, to_file
 from sim.simulate import Request, Simulator
 from sim.world import World, build_world, load_world_config
 from stream import kafka_io
 from stream.broker import LocalBroker
+from stream.replay import replay
 
 WORLD = Path(__file__).resolve().parents[1] / "configs" / "world.yaml"
+ARMS = ("logging", "frozen", "live")
 FIRST_PUSH_GRACE_S = 120.0  # a --duration that ends before the first push waits this long for it
+BACKLOG_S = 240.0  # event-time seconds of logged history before the demo goes live (4,800 requests)
 
 # Short windows and cadences so the loop turns within minutes (production defaults are in schema.py).
 # The demo's world compresses click and order delays 25x (OTTO's 64-546 s order gaps become 2.6-22 s)
@@ -61,7 +73,7 @@ DEMO_SETS = [
     "kafka.heartbeat_interval_ms=1000",
     "checkpoint.every_steps=40",
     "checkpoint.every_s=5",
-    "push.every_s=10",
+    "push.every_s=20",
     "push.max_regression=0.05",
     "push.eval_records=100",
     "push.eval_beam=10",
@@ -90,33 +102,51 @@ def build_sids(world: World, out: Path, encoder: str) -> None:
     save_codebook(book, catalog, out, enc.name)
 
 
+def log_backlog(sim: Simulator, world: World, out: Path, cfg: StreamrlConfig, seconds: float) -> int:
+    """Step 3: the engine's logged history (logging ranker) ending now, joined into reward records
+    in out/records by the daemon's join; the world's relevance table (every query) in out/truth.
+    Returns the number of requests, so live traffic continues their numbering."""
+    n = int(seconds * world.cfg.behaviour.requests_per_s)
+    sim.start_ms = int((time.time() - seconds) * 1000)
+    out.mkdir(parents=True, exist_ok=True)
+    to_file(sim, n, out / "events.jsonl", TruthWriter(world, out / "truth", all_queries=True))
+    replay([out / "events.jsonl"], out / "records", cfg.join)
+    return n
+
+
 @dataclass
 class Traffic:
-    """What the simulated users saw and did, by wall time and by who ranked."""
+    """What the simulated users saw and did, by wall time and by arm."""
 
     started: float = field(default_factory=time.time)
+    live_from: float | None = None  # wall time the A/B traffic began
     sent: int = 0
-    rows: list[tuple[float, int | None, int, int, int]] = field(
+    rows: list[tuple[float, str, int, int, int]] = field(
         default_factory=list
-    )  # t, v, shown, clicks, orders
-    ranker: HttpRanker | None = None
+    )  # t, arm, shown, clicks, orders
+    ranker: ArmRanker | None = None
     orders: list[tuple[str, float]] = field(default_factory=list)  # (request_id, wall time produced)
 
     def on_request(self, req: Request) -> None:
-        version = self.ranker.version if (req.served and self.ranker) else None
-        self.rows.append((time.time(), version, len(req.shown), len(req.clicks), len(req.orders)))
+        arm = who_ranked(req, self.ranker)
+        self.rows.append((time.time(), arm, len(req.shown), len(req.clicks), len(req.orders)))
 
-    def ctr(self, since_s: float, served: bool) -> tuple[float, int]:
-        cut = time.time() - since_s
-        rows = [r for r in self.rows[-5000:] if r[0] >= cut and (r[1] is not None) == served]
-        return sum(r[3] for r in rows) / max(sum(r[2] for r in rows), 1), len(rows)
+    def cell(self, arm: str, since_s: float | None = None) -> Cell:
+        cut = time.time() - since_s if since_s is not None else 0.0
+        c = Cell()
+        for t, a, shown, clicks, orders in self.rows if since_s is None else self.rows[-6000:]:
+            if a == arm and t >= cut:
+                c.add(shown, clicks, orders)
+        return c
+
+    def ab(self) -> dict[str, dict[str, Any]]:
+        """The A/B table: each arm over the whole live run (fallback requests apart)."""
+        return {arm: self.cell(arm).summary() for arm in ARMS}
 
 
-def _traffic(world: World, cfg: StreamrlConfig, url: str, stop: threading.Event, t: Traffic) -> None:
-    t.ranker = HttpRanker(url, timeout_s=1.0)
-    sim = Simulator(world, world.cfg.seed, start_ms=int(time.time() * 1000), ranker=t.ranker)
+def _traffic(sim: Simulator, first: int, cfg: StreamrlConfig, stop: threading.Event, t: Traffic) -> None:
     producer = kafka_io.make_producer(cfg.kafka, acks=1, linger_ms=5)
-    for arrival, raw in sim.events(10**9, t.on_request):
+    for arrival, raw in sim.events(10**9, t.on_request, first=first):
         while arrival > time.time() * 1000 and not stop.is_set():
             stop.wait(min(0.05, max(arrival / 1000 - time.time(), 0.001)))
         if stop.is_set():
@@ -137,6 +167,15 @@ def _get(url: str) -> dict[str, Any]:
         return {}
 
 
+def _stop(proc: subprocess.Popen[bytes], timeout: float) -> int:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return -9
+
+
 def run_demo(
     duration: float,
     out: Path,
@@ -145,19 +184,27 @@ def run_demo(
     encoder: str = "minilm",
     traffic: Traffic | None = None,
     before_broker_stops: Callable[[StreamrlConfig], None] | None = None,
+    world_file: Path = WORLD,
+    seed: int | None = None,
+    backlog_s: float = BACKLOG_S,
+    panel: bool = True,
 ) -> int:
-    for name in ("run", "serving", "weights", "archive", "sids", "report.png", "daemon.log", "serve.log"):
+    for name in ("run", "serving", "weights", "archive", "sids", "backlog", "report.png", "ab.json"):
         p = out / name
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    ports = {k: free_port() for k in ("serve", "supervisor", "joiner", "learner")}
+    ports = {k: free_port() for k in ("serve", "frozen", "supervisor", "joiner", "learner")}
     started = time.time()
+    end = time.monotonic() + duration
     with LocalBroker(log=out / "broker.log") as broker:
         sets = [
             f"kafka.bootstrap_servers={broker.bootstrap}",
             f"archive.dir={out / 'archive'}",
             f"learn.run_dir={out / 'run'}",
             f"learn.sids_dir={out / 'sids'}",
+            f"learn.warm_start.records={out / 'backlog' / 'records'}",
+            "learn.relevance.source=table",
+            f"learn.relevance.path={out / 'backlog' / 'truth' / 'relevance.parquet'}",
             f"serving.root={out / 'serving'}",
             f"serving.port={ports['serve']}",
             f"push.notify_url=http://127.0.0.1:{ports['serve']}/reload",
@@ -170,7 +217,7 @@ def run_demo(
         cfg = load_config(overrides=sets)
         t = cfg.kafka.topics
         kafka_io.ensure_topics(cfg.kafka, [t.impressions, t.clicks, t.orders, t.items, t.rewards, t.dlq])
-        wcfg = load_world_config(WORLD)
+        wcfg = load_world_config(world_file, seed)
         behaviour = wcfg.behaviour.model_copy(
             update={"delay_scale": DEMO_DELAY_SCALE, "disorder_s": DEMO_DISORDER_S}
         )
@@ -179,6 +226,9 @@ def run_demo(
             f"broker on {broker.bootstrap}; building semantic IDs of {len(world.items)} items ({encoder})"
         )
         build_sids(world, out / "sids", encoder)
+        sim = Simulator(world, wcfg.seed)
+        first = log_backlog(sim, world, out / "backlog", cfg, backlog_s)
+        console.print(f"backlog: {first} requests ranked by the logging ranker, joined into reward records")
         args = [x for o in sets for x in ("--set", o)]
         (out / "demo-overrides.txt").write_text("\n".join(sets) + "\n")
         with open(out / "daemon.log", "wb") as dlog, open(out / "serve.log", "wb") as slog:
@@ -188,19 +238,39 @@ def run_demo(
             server = subprocess.Popen(
                 [sys.executable, "-m", "streamrl", "serve", *args], stdout=slog, stderr=slog
             )
+            frozen_server = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "streamrl",
+                    "serve",
+                    *args,
+                    "--model",
+                    "frozen",
+                    "--port",
+                    str(ports["frozen"]),
+                ],
+                stdout=slog,
+                stderr=slog,
+            )
         traffic = traffic or Traffic()
-        url = f"http://127.0.0.1:{ports['serve']}/search"
-        sim_stop = threading.Event()
-        sim = threading.Thread(target=_traffic, args=(world, cfg, url, sim_stop, traffic), daemon=True)
-        sim.start()
         serving = ServingRoot(out / "serving", cfg.serving.model)
-        end = time.monotonic() + duration
+        urls = {
+            a: f"http://127.0.0.1:{ports[p]}/search" for a, p in (("frozen", "frozen"), ("live", "serve"))
+        }
+        traffic.ranker = ArmRanker(urls, timeout_s=2.0)
+        sim_stop = threading.Event()
+        sim_thread = threading.Thread(target=_traffic, args=(sim, first, cfg, sim_stop, traffic), daemon=True)
         try:
-            with Live(console=console, refresh_per_second=1) as live:
+            with Live(console=console, refresh_per_second=1, transient=not panel) as live:
                 last = (time.monotonic(), 0, 0, 0)
                 grace = end + FIRST_PUSH_GRACE_S
                 while not stop.wait(1.0):
                     now = time.monotonic()
+                    if traffic.live_from is None and _ready(serving, out, ports):
+                        sim.ranker, sim.start_ms = traffic.ranker, int(time.time() * 1000)
+                        traffic.live_from = time.time()
+                        sim_thread.start()
                     if now >= end and (serving.versions() or now >= grace):
                         break  # a run too short to push is given up to FIRST_PUSH_GRACE_S more
                     j = _get(f"http://127.0.0.1:{ports['joiner']}/healthz")
@@ -212,35 +282,64 @@ def run_demo(
                         (lh.get("step", 0) - last[3]) / dt,
                     )
                     last = (now, traffic.sent, j.get("records_out", 0), lh.get("step", 0))
-                    live.update(_panel(traffic, j, lh, serving, rates, end - now))
+                    if panel:
+                        live.update(_panel(traffic, j, lh, serving, rates, end - now))
         finally:
             sim_stop.set()
-            sim.join(timeout=10)
-            daemon.send_signal(signal.SIGTERM)
-            try:
-                code = daemon.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
-                code = -9
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                server.kill()
+            if sim_thread.is_alive():
+                sim_thread.join(timeout=10)
+            code = _stop(daemon, 40)
+            _stop(server, 20)
+            _stop(frozen_server, 20)
         if before_broker_stops is not None:
             before_broker_stops(cfg)
     status = serving.status()
+    ab = traffic.ab()
+    (out / "ab.json").write_text(json.dumps({"arms": ab, "live_s": _live_s(traffic)}, indent=2))
     report = write_report(out, started, traffic, status)
     pushed = [v["version"] for v in status["versions"]]
-    served = any(r[1] is not None for r in traffic.rows)
+    console.print(ab_table(ab, _live_s(traffic)))
     console.print(
-        f"\ndaemon exit {code}; versions pushed {pushed}; served answered the simulator: {served}\n"
-        f"report: {report}\nlogs: {out / 'daemon.log'}, {out / 'serve.log'}"
+        f"\ndaemon exit {code}; versions pushed {pushed}; A/B traffic ran: {traffic.live_from is not None}\n"
+        f"report: {report}; A/B: {out / 'ab.json'}\nlogs: {out / 'daemon.log'}, {out / 'serve.log'}"
     )
     if code != 0 or not pushed:
         console.print("[red]the loop did not complete: see the logs[/red]")
         return 1
     return 0
+
+
+def _ready(serving: ServingRoot, out: Path, ports: dict[str, int]) -> bool:
+    """Version 1 (the warm start) is served by the live server; the frozen arm gets it pinned (a
+    layout of its own, `frozen`, pushed once) and must serve it too before traffic starts."""
+    if not serving.versions():
+        return False
+    frozen = ServingRoot(out / "serving", "frozen")
+    if not frozen.versions():
+        frozen.push(serving.version_path(1), {"trigger": "demo: the frozen arm is version 1 of default"})
+    live = _get(f"http://127.0.0.1:{ports['serve']}/healthz")
+    pinned = _get(f"http://127.0.0.1:{ports['frozen']}/healthz")
+    return bool(live.get("ok")) and bool(pinned.get("ok"))
+
+
+def _live_s(traffic: Traffic) -> float:
+    return round(time.time() - traffic.live_from, 1) if traffic.live_from else 0.0
+
+
+def ab_table(ab: dict[str, dict[str, Any]], live_s: float) -> Table:
+    table = Table(title=f"online A/B over {live_s:.0f} s of live traffic (95 % intervals)")
+    for col in ("arm", "requests", "CTR", "CTR 95 % CI", "orders/request"):
+        table.add_column(col, justify="left" if col == "arm" else "right")
+    for arm, r in ab.items():
+        lo, hi = r["ctr_ci95"]
+        table.add_row(
+            arm,
+            str(r["requests"]),
+            f"{r['ctr']:.4f}",
+            f"[{lo:.4f}, {hi:.4f}]",
+            f"{r['orders_per_request']:.3f}",
+        )
+    return table
 
 
 def _fmt(v: Any, spec: str = ".3f") -> str:
@@ -261,9 +360,10 @@ def _panel(
         st = {"last_push": None, "served_version": None, "held": False}
     last = st["last_push"] or {}
     hr = (last.get("metrics") or {}).get("hr@10")
-    ctr_s, n_s = traffic.ctr(60, served=True)
-    ctr_l, n_l = traffic.ctr(60, served=False)
     when = f"{left:.0f} s left" if left >= 0 else "waiting for the first push"
+    warm = lh.get("warm_start") or {}
+    if traffic.live_from is None:
+        when += " — warm start, then the A/B begins"
     table = Table(title=f"streamrl demo — {when} (Ctrl-C stops and writes the report)")
     table.add_column("stage")
     table.add_column("figure")
@@ -273,6 +373,7 @@ def _panel(
         ("joiner", "join lag (messages)", str(j.get("lag", "—"))),
         ("joiner", "open requests", str(j.get("open_requests", "—"))),
         ("joiner", "records/s", f"{rates[1]:.1f}"),
+        ("learner", "warm start (SFT steps)", f"{warm.get('step', '—')} / {warm.get('of', '—')}"),
         ("learner", "steps/s", f"{rates[2]:.2f}"),
         ("learner", "step", str(lh.get("step", "—"))),
         ("learner", "rollouts/s", str(lh.get("rollouts_per_s", "—"))),
@@ -289,9 +390,17 @@ def _panel(
             f"v{last.get('version')} at {str(last.get('at', '—'))[11:19]}" if last else "—",
         ),
         ("serving", "held-out HR@10 at last push", _fmt(hr)),
-        ("simulation", "CTR last 60 s: served model", f"{ctr_s:.3f} ({n_s} requests)"),
-        ("simulation", "CTR last 60 s: logging ranker", f"{ctr_l:.3f} ({n_l} requests)"),
     ]
+    for arm in ARMS:
+        recent, total = traffic.cell(arm, 60).summary(), traffic.cell(arm).summary()
+        lo, hi = total["ctr_ci95"]
+        rows.append(
+            (
+                f"A/B: {arm}",
+                "CTR last 60 s | since start [95 % CI]",
+                f"{recent['ctr']:.3f} | {total['ctr']:.3f} [{lo:.3f}, {hi:.3f}] ({total['requests']} req)",
+            )
+        )
     for r in rows:
         table.add_row(*r)
     return Group(table)
@@ -338,10 +447,10 @@ def write_report(out: Path, started: float, traffic: Traffic, status: dict[str, 
     axes[1].plot(hx, hy, "o-")
     axes[1].set_ylabel("held-out HR@10\nat each push")
     window = 30.0
-    for served, label in ((True, "served model"), (False, "logging ranker")):
+    for label in ARMS:
         cells: dict[int, list[int]] = {}
-        for t, version, shown, clicks, _ in traffic.rows:
-            if (version is not None) == served:
+        for t, arm, shown, clicks, _ in traffic.rows:
+            if arm == label:
                 c = cells.setdefault(int((t - started) // window), [0, 0])
                 c[0] += shown
                 c[1] += clicks
@@ -352,7 +461,7 @@ def write_report(out: Path, started: float, traffic: Traffic, status: dict[str, 
             "o-",
             label=label,
         )
-    axes[2].set_ylabel("simulated CTR\n(30 s windows)")
+    axes[2].set_ylabel("simulated CTR by A/B arm\n(30 s windows)")
     axes[2].set_xlabel("minutes since start")
     axes[2].legend(loc="lower right")
     for ax in axes:
@@ -360,7 +469,7 @@ def write_report(out: Path, started: float, traffic: Traffic, status: dict[str, 
             ax.axvline(x, color="grey", linestyle=":", linewidth=1)
     for version, x, _ in push_t:
         axes[0].annotate(f"v{version}", (x, 1.0), xycoords=("data", "axes fraction"), fontsize=8, va="top")
-    fig.suptitle("streamrl demo: the served model over time (dotted lines: pushes)")
+    fig.suptitle("streamrl demo: warm start, then live RL in an online A/B (dotted lines: pushes)")
     fig.tight_layout()
     path = out / "report.png"
     fig.savefig(path, dpi=100)

@@ -245,3 +245,48 @@ def test_live_weights_scheduled_push_and_resume(kafka_cfg: StreamrlConfig, world
     assert f"resumed from checkpoint {final[0].step}" in again.stderr
     steps = [json.loads(x)["step"] for x in again.stdout.splitlines() if x.startswith("{")]
     assert steps == [final[0].step + 1]
+
+
+def test_warm_start_then_anchored_rl_with_the_first_push_after_it(
+    kafka_cfg: StreamrlConfig, world_on_topic: Path
+) -> None:
+    """learn.warm_start on a Parquet folder: SFT steps with progress lines, a checkpoint, a push of
+    that checkpoint through the gate as version 1 (the scheduler's period is far away), then RL steps
+    with the KL term against the warm-start model; beta > 0 is accepted only thanks to the warm start."""
+    tmp = world_on_topic
+    warm = [
+        *("--set", f"learn.warm_start.records={tmp / 'rec'}", "--set", "learn.warm_start.steps=6"),
+        *("--set", "learn.beta=0.1", "--set", "learn.sft_weight=1.0"),
+        *("--set", "push.enabled=true", "--set", "push.every_s=3600", "--set", "push.eval_beam=4"),
+        *("--set", "push.heldout_percent=20", "--set", "push.min_distinct_top1=0"),
+    ]
+    proc = subprocess.run(
+        _learn(kafka_cfg, tmp, "--steps", "2", *warm), capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
+    progress = [x for x in lines if "warm_start_step" in x]
+    steps = [x for x in lines if "step" in x]
+    assert progress[-1] == {**progress[-1], "warm_start_step": 6, "of": 6} and len(progress) == 6
+    assert lines.index(progress[-1]) < lines.index(steps[0])  # SFT first, then RL
+    assert [s["step"] for s in steps] == [7, 8]  # the step counter counts the warm start's steps
+    assert all(s["kl"] >= 0.0 and "sft_nll" in s and "entropy" in s and "distinct_sids" in s for s in steps)
+    store = CheckpointStore(tmp / "run")
+    assert [c.step for c in store.checkpoints()] == [6, 8]
+    state = json.loads((store.path(6) / "learner_state.json").read_text())
+    assert state["warm_start"]["steps"] == 6 and state["warm_start"]["prompts"] > 0
+    history = [
+        json.loads(x) for x in (tmp / "serving" / "default" / "history.jsonl").read_text().splitlines()
+    ]
+    pushes = [h for h in history if h["action"] == "push"]
+    assert pushes[0]["version"] == 1 and pushes[0]["step"] == 6  # the warm start, first
+    assert "hr@10" in pushes[0]["metrics"] and "distinct_top1_share" in pushes[0]["metrics"]
+    assert (tmp / "run" / "heldout.parquet").exists()
+    # with no anchor (no warm start, no init checkpoint) beta > 0 is refused with exit 2
+    bare = subprocess.run(
+        _learn(kafka_cfg, tmp, "--steps", "1", "--out", str(tmp / "bare"), "--set", "learn.beta=0.1"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bare.returncode == 2 and "needs a model to anchor to" in bare.stdout + bare.stderr
