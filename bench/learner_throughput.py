@@ -34,7 +34,14 @@ from rl.policy import sid_token
 
 def bench_streamrl(train: Path, sids: Path, args: argparse.Namespace) -> tuple[float, Any, Any, list[str]]:
     cfg = load_config(
-        overrides=[f"learn.batch_prompts={args.batch}", f"learn.group_size={args.group}", "learn.device=cpu"]
+        overrides=[
+            f"learn.batch_prompts={args.batch}",
+            f"learn.group_size={args.group}",
+            "learn.device=cpu",
+            # the peer's settings: a cold model, no reference KL, unconstrained sampling
+            "learn.beta=0",
+            "learn.constrained=false",
+        ]
     ).learn
     learner = new_learner(cfg, sids, args.seed)
     records = load_records(train)

@@ -74,7 +74,7 @@ def main() -> None:
         promoted = sorted({c["merchant_id"] for c in catalog if c["new_merchant"]})
         catalog_share = sum(c["merchant_id"] in promoted for c in catalog) / len(catalog)
         held_out = load_records(test)[: args.eval]
-        cfg = load_config(overrides=["learn.algo=tpma"]).learn
+        cfg = load_config(overrides=["learn.algo=tpma", "learn.beta=0"]).learn  # from scratch: no anchor
         runs = {
             "no promotion": None,
             "promotion active": rewards_file(

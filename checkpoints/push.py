@@ -5,8 +5,9 @@ Gate (issue #5), in order; a refusal is recorded in history.jsonl with its reaso
 copied:
  1. every file matches the manifest's sha256 (a truncated or edited checkpoint is never pushed);
  2. every floating-point parameter in the model's safetensors is finite;
- 3. the candidate has not collapsed: its top-1 SIDs over the held-out prompts are more than
-    `min_distinct_top1` of them distinct (a collapsed policy names the same few items for any query);
+ 3. the candidate has not collapsed: its distinct top-1 SIDs over the held-out prompts number more
+    than `min_distinct_top1` × the distinct queries among them (a collapsed policy names the same few
+    items for any query);
  4. held-out HR@10 (records the learner kept aside, never trained on) is not more than
     `max_regression` below that of the version now served, both measured on the same records.
     Evaluation is injected (`evaluate(folder) -> {"hr@10", "distinct_top1_share", ...} or None`) so
@@ -165,8 +166,9 @@ def _compare(
         metrics["distinct_top1_share"] = share
         if share <= gate.min_distinct_top1:
             return (
-                f"collapsed: top-1 SIDs over {int(cand.get('n', 0))} held-out prompts are {share:.3f} "
-                f"distinct, at or below push.min_distinct_top1 {gate.min_distinct_top1}"
+                f"collapsed: {share:.3f} distinct top-1 SIDs per distinct query over "
+                f"{int(cand.get('n', 0))} held-out prompts ({int(cand.get('queries', 0))} queries), "
+                f"at or below push.min_distinct_top1 {gate.min_distinct_top1}"
             )
     if served is None:
         return None

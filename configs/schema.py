@@ -169,14 +169,17 @@ class LearnConfig(Section):
     algo: Literal["tpma", "grpo", "sft"] = "tpma"  # paper §3.4; sft = the baseline
     batch_prompts: int = Field(16, ge=1)  # B
     group_size: int = Field(8, ge=1)  # G rollouts per prompt (paper: GRPO group)
-    temperature: float = Field(1.0, gt=0.0)  # sampling temperature of rollouts
-    constrained: bool = False  # decode only real items (prefix trie); False measures validity
+    temperature: float = Field(1.0, gt=0.0)  # measured (docs/benchmarks.md sweep): rollout temperature
+    constrained: bool = True  # measured: decode only real items (prefix trie), as serving does
     prompts: Literal["engaged", "all"] = "engaged"  # seed code: only requests with a click/order
-    lr: float = Field(3e-4, gt=0.0)  # ops: AdamW
+    lr: float = Field(1e-4, gt=0.0)  # measured (docs/benchmarks.md sweep): AdamW, RL after a warm start
     weight_decay: float = Field(0.0, ge=0.0)
     grad_clip: float = Field(1.0, gt=0.0)  # ops
-    sft_weight: float = Field(0.1, ge=0.0)  # seed code: per-token mean CE on the first target SID
-    beta: float = Field(0.0, ge=0.0)  # reference KL weight (seed code: 0); > 0 needs an anchor
+    # measured (docs/benchmarks.md sweep): per-token mean CE on the first target SID; seed code: 0.1
+    sft_weight: float = Field(1.0, ge=0.0)
+    # measured: k3 KL to the frozen reference (seed code: 0); > 0 needs an anchor (init_from, the
+    # warm start, a resumed checkpoint or model.pretrained_path), else the learner refuses to start
+    beta: float = Field(0.05, ge=0.0)
     clip_eps: float = Field(0.2, gt=0.0)  # Eq.12, grpo only
     w_item: float = 1.0  # Eq.17; seed code default 0 (deviation 1)
     # Eq.14; None = the seed code's rule for the codebook's L (rl/advantages.py `position_weights`)
@@ -209,9 +212,9 @@ class PushConfig(Section):
     every_s: float | None = Field(120.0, gt=0.0)  # ops: push period; ignored when cron is set
     cron: str | None = None  # ops: crontab string (5 fields, UTC), e.g. "*/10 * * * *"
     max_regression: float = Field(0.02, ge=0.0)  # ops: absolute held-out HR@10 drop refused
-    # measured (docs/benchmarks.md): a candidate whose top-1 SIDs over the held-out prompts are this
-    # share distinct or fewer has collapsed and is refused (0 = no check)
-    min_distinct_top1: float = Field(0.1, ge=0.0, le=1.0)
+    # measured (docs/benchmarks.md): a candidate whose distinct top-1 SIDs over the held-out prompts
+    # are this share of the distinct queries among them, or fewer, has collapsed: refused (0 = off)
+    min_distinct_top1: float = Field(0.05, ge=0.0, le=1.0)
     heldout_percent: float = Field(5.0, ge=0.0, lt=100.0)  # ops: engaged records kept aside (by request)
     heldout_max: int = Field(500, ge=1)  # ops: newest held-out records kept for the gate
     eval_records: int = Field(200, ge=1)  # ops: held-out records evaluated per model at a push

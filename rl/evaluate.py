@@ -1,8 +1,8 @@
 """Offline evaluation: beam search constrained to real SIDs, HR@K and MRR@K against the clicked ∪
 ordered items of held-out records (also split by click and order targets, and per target item as
-the paper's tables count), distinct top-1 SIDs over the prompts (a collapsed policy names the same
-few items for every query), and the valid-SID rate of free (unconstrained, level-restricted)
-sampling."""
+the paper's tables count), distinct top-1 SIDs over the prompts and as a share of the distinct
+queries among them (a collapsed policy names the same few items for every query), and the valid-SID
+rate of free (unconstrained, level-restricted) sampling."""
 
 from __future__ import annotations
 
@@ -57,6 +57,7 @@ def evaluate(
     n = n_click = n_order = 0
     valid = total = 0
     top1: set[tuple[int, ...]] = set()
+    queries: set[str] = set()
     pt_n, pt_hr, pt_mrr = 0, 0.0, 0.0  # per target item
     gen = torch.Generator().manual_seed(seed)
     for rec in records:
@@ -66,6 +67,7 @@ def evaluate(
             continue
         history = [book.sids[h] for h in rec["history"][:history_len] if h in book.sids]
         prompt = format_prompt(rec["query"], history, tok)
+        queries.add(rec["query"])
         beams = beam_search(model, tok, prompt, vocab, max(beam, k))
         if beams:
             top1.add(beams[0][0])
@@ -98,7 +100,8 @@ def evaluate(
         f"hr@{k}_per_target": pt_hr / max(pt_n, 1),
         f"mrr@{k}_per_target": pt_mrr / max(pt_n, 1),
         "distinct_top1": len(top1),
-        "distinct_top1_share": len(top1) / max(n, 1),
+        "distinct_top1_share": len(top1) / max(len(queries), 1),  # per distinct query evaluated
+        "queries": len(queries),
         "valid_sid_rate": valid / max(total, 1),
         "n": n,
         "n_click": n_click,

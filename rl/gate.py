@@ -13,7 +13,7 @@ from stream.records import read_records
 
 
 def heldout_evaluator(heldout: Path, limit: int, beam: int, cfg: LearnConfig) -> Evaluate:
-    """`evaluate(folder) -> {"hr@10", "distinct_top1_share", "n"}`, or None while there are no
+    """`evaluate(folder) -> {"hr@10", "distinct_top1_share", "n", "queries"}`, or None while there are no
     held-out records. The records are read once per push, so the candidate and the served version are
     measured on the same ones."""
     records = list(read_records([heldout]))[-limit:] if heldout.exists() else []
@@ -25,6 +25,6 @@ def heldout_evaluator(heldout: Path, limit: int, beam: int, cfg: LearnConfig) ->
         result = evaluate(
             model, tok, book, vocab, records, k=10, beam=beam, history_len=cfg.history_len, free_samples=0
         )
-        return {k: float(result[k]) for k in ("hr@10", "distinct_top1_share", "n")}
+        return {k: float(result[k]) for k in ("hr@10", "distinct_top1_share", "n", "queries")}
 
     return run

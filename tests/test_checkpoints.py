@@ -156,8 +156,11 @@ def test_the_gate_refuses_a_collapsed_candidate_even_with_a_better_hr(tmp_path: 
     serving = ServingRoot(tmp_path / "serving", "m")
     assert push(store, serving).version == 1
     store.write(2, _fill(2.0), {})
-    # 6 distinct top-1 SIDs over 100 prompts: at or below 0.1 is a collapse, whatever HR@10 says
-    scores = {"0000000002": {"hr@10": 0.4, "distinct_top1_share": 0.06, "n": 100.0}, "1": {"hr@10": 0.3}}
+    # 6 distinct top-1 SIDs for 100 distinct queries: at or below 0.1 is a collapse, whatever HR@10 says
+    scores = {
+        "0000000002": {"hr@10": 0.4, "distinct_top1_share": 0.06, "n": 120.0, "queries": 100.0},
+        "1": {"hr@10": 0.3},
+    }
     r = push(store, serving, evaluate=lambda p: scores[p.name], min_distinct_top1=0.1)
     assert not r.pushed and "collapsed" in r.reason and "0.060" in r.reason
     assert serving.history()[-1]["action"] == "refused_push" and serving.versions() == [1]
