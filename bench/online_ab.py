@@ -26,7 +26,7 @@ from rich.console import Console
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from streamrl.demo import WORLD, Traffic, run_demo  # noqa: E402
+from streamrl.demo import WORLD, Traffic, _live_s, run_demo  # noqa: E402
 
 
 def main() -> None:
@@ -64,7 +64,7 @@ def main() -> None:
         )
         steps = _learner_steps(out / "daemon.log")
     arms = traffic.ab()
-    live_s = round(time.time() - traffic.live_from, 1) if traffic.live_from else 0.0
+    live_s = _live_s(traffic)
     print(f"\n{args.world.name}, seed {args.seed}, {live_s:.0f} s of A/B traffic, {steps} RL steps live, "
           f"{time.monotonic() - start:.0f} s in all; daemon exit {code}")  # fmt: skip
     print(f"{'arm':8} {'requests':>9} {'CTR':>7} {'95 % CI':>17} {'orders/req':>11}")

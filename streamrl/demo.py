@@ -55,7 +55,7 @@ from stream.replay import replay
 WORLD = Path(__file__).resolve().parents[1] / "configs" / "world.yaml"
 ARMS = ("logging", "frozen", "live")
 FIRST_PUSH_GRACE_S = 120.0  # a --duration that ends before the first push waits this long for it
-BACKLOG_S = 240.0  # event-time seconds of logged history before the demo goes live (4,800 requests)
+BACKLOG_S = 300.0  # event-time seconds of logged history before the demo goes live (6,000 requests)
 
 # Short windows and cadences so the loop turns within minutes (production defaults are in schema.py).
 # The demo's world compresses click and order delays 25x (OTTO's 64-546 s order gaps become 2.6-22 s)
@@ -63,6 +63,8 @@ BACKLOG_S = 240.0  # event-time seconds of logged history before the demo goes l
 DEMO_DELAY_SCALE = 0.04
 DEMO_DISORDER_S = 2.0
 DEMO_SETS = [
+    # SFT was still improving at 450 steps in bench/learning.py: a longer warm start (~70 s here)
+    "learn.warm_start.steps=800",
     "join.window_s=25",
     "join.allowed_lateness_s=3",
     "join.idle_finalize_s=5",
@@ -120,6 +122,7 @@ class Traffic:
 
     started: float = field(default_factory=time.time)
     live_from: float | None = None  # wall time the A/B traffic began
+    live_until: float | None = None  # and ended
     sent: int = 0
     rows: list[tuple[float, str, int, int, int]] = field(
         default_factory=list
@@ -286,6 +289,7 @@ def run_demo(
                         live.update(_panel(traffic, j, lh, serving, rates, end - now))
         finally:
             sim_stop.set()
+            traffic.live_until = time.time()
             if sim_thread.is_alive():
                 sim_thread.join(timeout=10)
             code = _stop(daemon, 40)
@@ -323,7 +327,9 @@ def _ready(serving: ServingRoot, out: Path, ports: dict[str, int]) -> bool:
 
 
 def _live_s(traffic: Traffic) -> float:
-    return round(time.time() - traffic.live_from, 1) if traffic.live_from else 0.0
+    if traffic.live_from is None:
+        return 0.0
+    return round((traffic.live_until or time.time()) - traffic.live_from, 1)
 
 
 def ab_table(ab: dict[str, dict[str, Any]], live_s: float) -> Table:
