@@ -54,6 +54,12 @@ class _Server:
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
 
+def _simulate(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    world = ["--world", str(ROOT / "configs/world.yaml"), "--out", str(tmp_path / "e.jsonl")]
+    cmd = [sys.executable, "-m", "streamrl", "simulate", *world, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+
 @pytest.fixture
 def world_and_best():
     world = build_world(load_world_config(ROOT / "configs/world.yaml"))
@@ -65,27 +71,7 @@ def test_served_model_ctr_is_measured_after_fallback(tmp_path: Path, world_and_b
     _, best = world_and_best
     server = _Server(best, cold=300)
     stats = tmp_path / "loop.jsonl"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "streamrl",
-            "simulate",
-            "--world",
-            str(ROOT / "configs/world.yaml"),
-            "--out",
-            str(tmp_path / "e.jsonl"),
-            "--requests",
-            "900",
-            "--serving-url",
-            server.url,
-            "--loop-stats",
-            str(stats),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = _simulate(tmp_path, "--requests", "900", "--serving-url", server.url, "--loop-stats", str(stats))
     server.httpd.shutdown()
     assert proc.returncode == 0, proc.stderr
     totals = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -160,29 +146,8 @@ def test_online_ab_reports_three_arms_with_intervals(tmp_path: Path, world_and_b
     worst = {q.text: [it.item_id for it in world.items if world.tier(q, it) == 0] for q in world.queries}
     good, bad = _Server(best, cold=0), _Server(worst, cold=30)
     stats = tmp_path / "loop.jsonl"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "streamrl",
-            "simulate",
-            "--world",
-            str(ROOT / "configs/world.yaml"),
-            "--out",
-            str(tmp_path / "e.jsonl"),
-            "--requests",
-            "900",
-            "--arm",
-            f"live={good.url}",
-            "--arm",
-            f"frozen={bad.url}",
-            "--loop-stats",
-            str(stats),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    arms = ["--arm", f"live={good.url}", "--arm", f"frozen={bad.url}"]
+    proc = _simulate(tmp_path, "--requests", "900", *arms, "--loop-stats", str(stats))
     good.httpd.shutdown()
     bad.httpd.shutdown()
     assert proc.returncode == 0, proc.stderr
@@ -199,21 +164,5 @@ def test_online_ab_reports_three_arms_with_intervals(tmp_path: Path, world_and_b
     rows = [json.loads(x) for x in stats.read_text().splitlines()]
     assert {"logging", "frozen", "live"} <= {r["ranker"] for r in rows}
     assert all("ctr_ci95" in r for r in rows)
-    bad_arg = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "streamrl",
-            "simulate",
-            "--world",
-            str(ROOT / "configs/world.yaml"),
-            "--out",
-            str(tmp_path / "x.jsonl"),
-            "--arm",
-            "logging=http://x",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    bad_arg = _simulate(tmp_path, "--arm", "logging=http://x")
     assert bad_arg.returncode == 2
