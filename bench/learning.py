@@ -98,7 +98,9 @@ def train_eval(
     held_out: list[dict[str, Any]], extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     cfg = load_config(overrides=learn_sets(data, algo, init, extra or {}))
-    summary = run_offline(cfg.learn, data["train"], data["sids"], steps, out, seed, log_every=10**9)
+    summary = run_offline(
+        cfg.learn, data["train"], data["sids"], steps, out, seed, log_every=10**9, join=cfg.join
+    )
     model, tok, book, vocab = load_for_inference(resolve(out))
     t0 = time.monotonic()
     result = evaluate(model, tok, book, vocab, held_out, k=10, beam=16, history_len=cfg.learn.history_len)

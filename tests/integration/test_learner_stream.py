@@ -204,7 +204,14 @@ def test_live_weights_scheduled_push_and_resume(kafka_cfg: StreamrlConfig, world
             time.sleep(0.5)
         assert (serving / "1" / "manifest.json").exists()
         last = lines.until(lambda r: True, 30)["step"]
-        text = scrape(port)
+        text, deadline = scrape(port), time.monotonic() + 5
+        # the snapshot is refreshed every metrics.publish_s (1 s): a fast step can beat it
+        while time.monotonic() < deadline and (
+            "streamrl_learner_weights_version 1.0" not in text
+            or "streamrl_learner_served_version 0.0" in text
+        ):
+            time.sleep(0.3)
+            text = scrape(port)
         for series in (
             "streamrl_learner_steps_total ",
             "streamrl_learner_skipped_steps_total ",
@@ -290,3 +297,26 @@ def test_warm_start_then_anchored_rl_with_the_first_push_after_it(
         timeout=120,
     )
     assert bare.returncode == 2 and "needs a model to anchor to" in bare.stdout + bare.stderr
+
+
+def test_warm_start_from_a_look_back_on_the_rewards_topic(
+    kafka_cfg: StreamrlConfig, world_on_topic: Path
+) -> None:
+    """learn.warm_start.lookback_s: the records come from the rewards topic (read without a group),
+    then the live reader delivers them again as the learner's stream."""
+    tmp = world_on_topic
+    warm = ["--set", "learn.warm_start.lookback_s=3600", "--set", "learn.warm_start.steps=3"]
+    proc = subprocess.run(
+        _learn(kafka_cfg, tmp, "--steps", "1", "--out", str(tmp / "lb"), *warm),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
+    assert [x["warm_start_step"] for x in lines if "warm_start_step" in x] == [1, 2, 3]
+    assert [x["step"] for x in lines if "step" in x] == [4]
+    state = json.loads((CheckpointStore(tmp / "lb").path(3) / "learner_state.json").read_text())
+    on_topic = pq.read_table(tmp / "rec" / "records-00000.parquet").num_rows
+    # every record on the topic, less the held-out share (5 % of engaged requests by hash)
+    assert 0.9 * on_topic <= state["warm_start"]["records"] <= on_topic
