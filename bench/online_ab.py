@@ -26,6 +26,7 @@ from rich.console import Console
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from sim.closed_loop import ci_text  # noqa: E402
 from streamrl.demo import WORLD, Traffic, _live_s, run_demo  # noqa: E402
 
 
@@ -69,9 +70,8 @@ def main() -> None:
           f"{time.monotonic() - start:.0f} s in all; daemon exit {code}")  # fmt: skip
     print(f"{'arm':8} {'requests':>9} {'CTR':>7} {'95 % CI':>17} {'orders/req':>11}")
     for arm, r in arms.items():
-        lo, hi = r["ctr_ci95"]
         print(
-            f"{arm:8} {r['requests']:9d} {r['ctr']:7.4f} [{lo:6.4f}, {hi:6.4f}] "
+            f"{arm:8} {r['requests']:9d} {r['ctr']:7.4f} {ci_text(r['ctr_ci95']):>17} "
             f"{r['orders_per_request']:11.4f}"
         )
     base = {a: arms[a]["ctr"] for a in arms}

@@ -164,7 +164,7 @@ def _compare(
     share = cand.get("distinct_top1_share")
     if share is not None:
         metrics["distinct_top1_share"] = share
-        if share <= gate.min_distinct_top1:
+        if gate.min_distinct_top1 and share <= gate.min_distinct_top1:
             return (
                 f"collapsed: {share:.3f} distinct top-1 SIDs per distinct query over "
                 f"{int(cand.get('n', 0))} held-out prompts ({int(cand.get('queries', 0))} queries), "

@@ -28,8 +28,9 @@ POSITION_WEIGHTS = (2.0, 2.0, 1.0, 1.0, 0.0)  # seed code: w_l = 2 for l < 3, 1 
 
 
 def position_weights(L: int) -> tuple[float, ...]:
-    """The released code's weights for any L: 2 for positions 1–2, 1 up to L-1, 0 at L."""
-    return tuple(2.0 if l < 3 else 1.0 if l < L else 0.0 for l in range(1, L + 1))
+    """The released code's weights for any L ≥ 2: 0 at the last position L (the item's own code),
+    else 2 for positions 1–2 and 1 after them: L=5 (2, 2, 1, 1, 0), L=3 (2, 2, 0), L=2 (2, 0)."""
+    return tuple(0.0 if l == L else 2.0 if l < 3 else 1.0 for l in range(1, L + 1))
 
 
 def _to_numpy(x: Any) -> tuple[np.ndarray, Any]:

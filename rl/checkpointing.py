@@ -162,7 +162,7 @@ def new_learner(
     learner.codebook_dir = source
     if start is not None:
         restore_state(learner, start, counters=resume_from is not None)
-    if cfg.beta > 0 and anchored:
+    if cfg.beta > 0 and anchored and cfg.algo != "sft":
         learner.anchor()
     return learner
 

@@ -44,7 +44,7 @@ from checkpoints.serving import ServingError, ServingRoot
 from checkpoints.store import CheckpointError, CheckpointStore
 from configs.schema import StreamrlConfig
 from rewards.weights import WeightsStore, WeightsWatcher, default_policy
-from rl.checkpointing import new_learner, save
+from rl.checkpointing import new_learner, resolve, save
 from rl.gate import heldout_evaluator
 from rl.warm import run_warm_start, warm_records
 from stream.kafka_io import RewardReader
@@ -82,7 +82,7 @@ class StreamingLearner:
             sids_dir,
             seed,
             resume_from=latest[0].path if latest else None,
-            init_from=Path(cfg.learn.init_from) if cfg.learn.init_from and not latest else None,
+            init_from=resolve(Path(cfg.learn.init_from)) if cfg.learn.init_from and not latest else None,
             policy=self.watcher.policy,
             join=cfg.join,
             anchor_later=cfg.learn.warm_start.enabled and not latest,
@@ -91,6 +91,7 @@ class StreamingLearner:
             log.info("resumed from checkpoint %d (%s)", latest[0].step, latest[0].path)
         self.needs_warm_start = cfg.learn.warm_start.enabled and not latest
         self.warm: dict[str, Any] = {}  # warm-start progress, for /healthz
+        self.warm_ids: list[str] = []  # request_ids the warm start read (the reader skips them)
         self.buffer: deque[dict[str, Any]] = deque(maxlen=cfg.learn.buffer_size)
         self.heldout: deque[dict[str, Any]] = deque(maxlen=cfg.push.heldout_max)
         self.rng = random.Random(seed)
@@ -159,12 +160,24 @@ class StreamingLearner:
             self.last_error = f"scheduled push failed: {exc}"
             log.exception("scheduled push failed")
 
-    def warm_start(self) -> None:
+    def warm_start(self, stop: threading.Event) -> bool:
         """SFT on the logged records, then a checkpoint and a push through the gate (no commit: the
-        reader has not read anything yet)."""
+        reader has not read anything yet). A look-back that finds nothing to learn from yet waits
+        for records (a new deployment); SIGTERM meanwhile, or during the SFT steps, stops without
+        saving (the next start warm starts again). Returns whether it finished."""
         wc = self.cfg.learn.warm_start
-        records = warm_records(wc, self.cfg.kafka)
+        while True:
+            records = warm_records(wc, self.cfg.kafka)
+            if any(self.learner.usable(r) for r in records) or wc.records:
+                break
+            log.warning(
+                "warm start: no usable records in the last %s s of the rewards topic yet; waiting",
+                wc.lookback_s,
+            )
+            if stop.wait(10.0):
+                return False
         log.info("warm start on %d records, %d SFT steps", len(records), wc.steps)
+        self.warm_ids = [r["request_id"] for r in records]
         train = self._split(records)
 
         def progress(step: int, of: int, loss: float) -> None:
@@ -173,14 +186,19 @@ class StreamingLearner:
 
         self.warm = {"step": 0, "of": wc.steps}
         self._publish(force=True)
-        summary = run_warm_start(self.learner, train, wc, self.seed, progress)
+        summary = run_warm_start(self.learner, train, wc, self.seed, progress, stop)
+        if summary is None:
+            log.warning("warm start stopped before its last step: nothing saved")
+            return False
         self.buffer.extend(r for r in train if self.learner.usable(r))  # RL starts on them
         self.newest = max([self.newest, *(r["ts_ms"] for r in records)])
         save(self.store, self.learner, None, {"warm_start_loss": summary["loss"]}, {"warm_start": summary})
         self._write_heldout()
         self.last_saved_step = self.learner.steps
         self.needs_warm_start = False
-        self.scheduled_push()  # the first push: the warm-start model, through the gate
+        if self.cfg.push.enabled:
+            self.scheduled_push()  # the first push: the warm-start model, through the gate
+        return True
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self, reader: RewardReader, stop: threading.Event, max_steps: int | None = None) -> int:
@@ -396,12 +414,16 @@ def run_streaming(
     sl.metrics.serve(cfg.metrics.host, cfg.metrics.learner_port)
     sl._publish(force=True)  # /metrics and /healthz answer from the start
     if sl.needs_warm_start:
-        try:
-            sl.warm_start()  # before the reader and the scheduler: no push precedes it
+        try:  # before the reader and the scheduler: no push precedes it
+            if not sl.warm_start(stop):
+                sl.metrics.stop()
+                return 0
         except BaseException:
             sl.metrics.stop()
             raise
     reader = RewardReader(cfg.kafka, cfg.kafka.learn_group)
+    for rid in sl.warm_ids:  # a look-back's records come again on the topic: learned once is enough
+        reader.seen.first(rid)
     sched = sl.start_scheduler()
     try:
         return sl.run(reader, stop, max_steps)

@@ -16,12 +16,14 @@ from __future__ import annotations
 import json
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from configs.schema import KafkaConfig, WarmStartConfig
+from rl.checkpointing import InitError
 from rl.learner import Learner
 from stream.records import read_records
 
@@ -34,7 +36,7 @@ def warm_records(wc: WarmStartConfig, kcfg: KafkaConfig) -> list[Record]:
     if wc.records:
         files = sorted(Path(wc.records).glob("*.parquet"))
         if not files:
-            raise ValueError(f"learn.warm_start.records {wc.records}: no Parquet files there")
+            raise InitError(f"learn.warm_start.records {wc.records}: no Parquet files there")
         return list(read_records(files))
     from stream.kafka_io import read_span
     from stream.records import decode_batch
@@ -57,18 +59,22 @@ def run_warm_start(
     wc: WarmStartConfig,
     seed: int,
     progress: Callable[[int, int, float], None] | None = None,
-) -> dict[str, Any]:
-    """Steps 3–4 on the training records (held-out ones already removed); returns a summary."""
+    stop: threading.Event | None = None,
+) -> dict[str, Any] | None:
+    """Steps 3–4 on the training records (held-out ones already removed); returns a summary, or
+    None when `stop` was set before the last step (checked after every step)."""
     learner.observe(train)
     prompts = [r for r in train if learner.usable(r)]
     if not prompts:
-        raise ValueError(f"warm start: none of {len(train)} records has a click or an order to learn from")
+        raise InitError(f"warm start: none of {len(train)} records has a click or an order to learn from")
     B = learner.cfg.batch_prompts
     rng = random.Random(seed)
     learner.reset_optimizer(wc.lr)
     start, loss = time.monotonic(), float("nan")
     every = max(wc.steps // 10, 1)
     for step in range(1, wc.steps + 1):
+        if stop is not None and stop.is_set():
+            return None
         stats = learner.step(learner.make_batch(rng.sample(prompts, min(B, len(prompts)))), sft=True)
         loss = stats.values.get("loss", loss)
         if step % every == 0 or step == wc.steps:

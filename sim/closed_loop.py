@@ -128,8 +128,9 @@ class Cell:
             half = 1.96 * math.sqrt(max(resid, 0.0) / (n * (n - 1) * s_bar * s_bar))
             var_o = max(self.o2 - n * opr * opr, 0.0) / (n - 1) / n
             half_o = 1.96 * math.sqrt(var_o)
-        else:
-            half = half_o = float("inf")
+        else:  # fewer than two requests: no interval (null in JSON, never Infinity)
+            return {"requests": n, "ctr": ctr, "ctr_ci95": None, "orders_per_request": opr,
+                    "orders_per_request_ci95": None}  # fmt: skip
         return {
             "requests": n,
             "ctr": ctr,
@@ -137,6 +138,11 @@ class Cell:
             "orders_per_request": opr,
             "orders_per_request_ci95": [opr - half_o, opr + half_o],
         }
+
+
+def ci_text(ci: list[float] | None, digits: int = 4) -> str:
+    """`[lo, hi]`, or `—` where there is no interval yet."""
+    return f"[{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]" if ci else "—"
 
 
 class LoopStats:

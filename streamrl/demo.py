@@ -44,7 +44,7 @@ from rich.table import Table
 from checkpoints.serving import ServingRoot
 from configs import load_config
 from configs.schema import StreamrlConfig
-from sim.closed_loop import ArmRanker, Cell, who_ranked
+from sim.closed_loop import ArmRanker, Cell, ci_text, who_ranked
 from sim.output import TruthWriter, to_file
 from sim.simulate import Request, Simulator
 from sim.world import World, build_world, load_world_config
@@ -337,12 +337,11 @@ def ab_table(ab: dict[str, dict[str, Any]], live_s: float) -> Table:
     for col in ("arm", "requests", "CTR", "CTR 95 % CI", "orders/request"):
         table.add_column(col, justify="left" if col == "arm" else "right")
     for arm, r in ab.items():
-        lo, hi = r["ctr_ci95"]
         table.add_row(
             arm,
             str(r["requests"]),
             f"{r['ctr']:.4f}",
-            f"[{lo:.4f}, {hi:.4f}]",
+            ci_text(r["ctr_ci95"]),
             f"{r['orders_per_request']:.3f}",
         )
     return table
@@ -399,12 +398,12 @@ def _panel(
     ]
     for arm in ARMS:
         recent, total = traffic.cell(arm, 60).summary(), traffic.cell(arm).summary()
-        lo, hi = total["ctr_ci95"]
         rows.append(
             (
                 f"A/B: {arm}",
                 "CTR last 60 s | since start [95 % CI]",
-                f"{recent['ctr']:.3f} | {total['ctr']:.3f} [{lo:.3f}, {hi:.3f}] ({total['requests']} req)",
+                f"{recent['ctr']:.3f} | {total['ctr']:.3f} {ci_text(total['ctr_ci95'], 3)} "
+                f"({total['requests']} req)",
             )
         )
     for r in rows:

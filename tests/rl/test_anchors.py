@@ -154,13 +154,48 @@ def test_a_shown_item_with_unknown_tier_gets_the_relevance_sources_tier() -> Non
     assert learner.relevance.calls == [(rec["query"], [rec["items"][1]["item_id"]])]  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize(("levels", "unique"), [((4, 3), (0, 4)), ((4, 3, 3), (1, 4)), ((4, 3, 3), (3, 4))])
-def test_tpma_steps_for_any_sid_length(levels: tuple[int, ...], unique: tuple[int, int]) -> None:
+@pytest.mark.parametrize(
+    ("levels", "unique", "weights"),
+    [
+        ((4, 3), (0, 4), (2.0, 0.0)),  # L = 2: the first code, then the item's own code
+        ((4, 3, 3), (1, 4), (2.0, 2.0, 1.0, 0.0)),
+        ((4, 3, 3), (2, 4), (2.0, 2.0, 1.0, 1.0, 0.0)),  # the released code's L = 5 weights
+        ((4, 3, 3), (3, 4), (2.0, 2.0, 1.0, 1.0, 1.0, 0.0)),
+    ],
+)
+def test_tpma_steps_for_any_sid_length(
+    levels: tuple[int, ...], unique: tuple[int, int], weights: tuple[float, ...]
+) -> None:
     book = _book(levels, unique)
     learner = _learner(book)
-    L = len(levels) + unique[0]
-    assert learner.position_weights == tuple(2.0 if n < 2 else 1.0 if n < L - 1 else 0.0 for n in range(L))
+    assert learner.position_weights == weights
     stats = learner.step(_batch(learner))
     assert not stats.skipped and 0.0 < stats.values["distinct_sids"] <= 1.0 and stats.values["entropy"] > 0.0
     with pytest.raises(ValueError, match="position_weights has 7 entries"):
         _learner(book, position_weights=(1.0,) * 7)
+
+
+def test_a_warm_start_with_nothing_to_learn_is_refused_and_a_stop_saves_nothing(tmp_path: Path) -> None:
+    import threading
+
+    from configs.schema import WarmStartConfig
+    from rl.warm import run_warm_start, warm_records
+
+    learner = _learner(algo="tpma", beta=0.1)
+    unengaged = [
+        dict(r, items=[dict(i, clicked=False, ordered=False) for i in r["items"]]) for r in _records()
+    ]
+    wc = WarmStartConfig(records=str(tmp_path), steps=5)
+    with pytest.raises(InitError, match="none of 12 records has a click or an order"):
+        run_warm_start(learner, unengaged, wc, 0)
+    with pytest.raises(InitError, match="no Parquet files"):
+        warm_records(wc, None)  # type: ignore[arg-type]
+    stop = threading.Event()
+    stop.set()
+    before = [p.detach().clone() for p in learner.model.parameters()]
+    assert run_warm_start(learner, _records(), wc, 0, stop=stop) is None
+    assert learner.steps == 0 and learner.ref is None
+    assert all(torch.equal(a, b.detach()) for a, b in zip(before, learner.model.parameters(), strict=True))
+    done = run_warm_start(learner, _records(), wc, 0)
+    assert done is not None and done["steps"] == 5 and learner.steps == 5
+    assert learner.ref is not None  # beta > 0: the SFT model became the KL reference
