@@ -4,7 +4,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-DURATION ?= 540
+DURATION ?= 480
 
 .PHONY: run test lint unit integration bench bench-learner clean install
 

@@ -455,7 +455,7 @@ def eval_cmd(
 def demo(
     duration: Annotated[
         float, typer.Option(help="Seconds the whole run takes, set-up and warm start included.")
-    ] = 540.0,
+    ] = 480.0,
     out: Annotated[Path, typer.Option(help="Run directory (emptied first).")] = Path("runs/demo"),
     encoder: Annotated[
         str, typer.Option(help="SID text encoder: minilm | hash | a local folder.")
