@@ -13,10 +13,11 @@ model pinned; `live`: the daemon's newest push). A user stays in one arm for the
 arm whose endpoint declines (nothing served yet) falls back to the logging ranker, and those
 requests are counted apart (`<arm> (fallback)`), never as the arm's.
 
-Confidence intervals (95 %): CTR is a ratio of sums over requests (clicks / shown items), whose
-items are correlated within a request, so its variance is the delta-method (cluster) estimate
-    var(ctr) = Σ_i (c_i − ctr·s_i)² / (n (n − 1) s̄²)     (c_i clicks, s_i shown, n requests);
-orders per request is a plain mean, var = sample variance / n. Interval = estimate ± 1.96·√var.
+Confidence intervals (95 %): users are what the A/B randomises, and a user's requests (and the
+items within a request) are correlated, so both figures are ratios of sums over users with the
+delta-method (cluster) variance
+    var(ctr) = Σ_u (c_u − ctr·s_u)² / (U (U − 1) s̄²)     (c_u clicks, s_u shown items of user u, U users);
+orders per request likewise with (orders_u, requests_u). Interval = estimate ± 1.96·√var.
 """
 
 from __future__ import annotations
@@ -96,48 +97,48 @@ def who_ranked(req: Request, ranker: Any) -> str:
 
 
 class Cell:
-    """Sums over the requests of one arm (and window) that the estimates and intervals need."""
-
-    __slots__ = ("c2", "clicks", "cs", "n", "o2", "orders", "s2", "shown")
+    """Sums per user over the requests of one arm (and window): users are the unit the A/B
+    randomises, so they are the clusters of the intervals."""
 
     def __init__(self) -> None:
-        self.n = self.shown = self.clicks = self.orders = 0
-        self.c2 = self.s2 = self.cs = self.o2 = 0
+        self.users: dict[str, list[int]] = defaultdict(
+            lambda: [0, 0, 0, 0]
+        )  # requests, shown, clicks, orders
 
-    def add(self, shown: int, clicks: int, orders: int) -> None:
-        self.n += 1
-        self.shown += shown
-        self.clicks += clicks
-        self.orders += orders
-        self.c2 += clicks * clicks
-        self.s2 += shown * shown
-        self.cs += clicks * shown
-        self.o2 += orders * orders
+    def add(self, user: str, shown: int, clicks: int, orders: int) -> None:
+        u = self.users[user]
+        u[0] += 1
+        u[1] += shown
+        u[2] += clicks
+        u[3] += orders
 
     def merge(self, other: Cell) -> None:
-        for name in self.__slots__:
-            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for user, sums in other.users.items():
+            mine = self.users[user]
+            for k in range(4):
+                mine[k] += sums[k]
 
     def summary(self) -> dict[str, Any]:
-        n = self.n
-        ctr = self.clicks / max(self.shown, 1)
-        opr = self.orders / max(n, 1)
-        if n > 1 and self.shown:
-            s_bar = self.shown / n
-            resid = self.c2 - 2 * ctr * self.cs + ctr * ctr * self.s2  # Σ (c_i − ctr s_i)²
-            half = 1.96 * math.sqrt(max(resid, 0.0) / (n * (n - 1) * s_bar * s_bar))
-            var_o = max(self.o2 - n * opr * opr, 0.0) / (n - 1) / n
-            half_o = 1.96 * math.sqrt(var_o)
-        else:  # fewer than two requests: no interval (null in JSON, never Infinity)
-            return {"requests": n, "ctr": ctr, "ctr_ci95": None, "orders_per_request": opr,
-                    "orders_per_request_ci95": None}  # fmt: skip
-        return {
-            "requests": n,
-            "ctr": ctr,
-            "ctr_ci95": [ctr - half, ctr + half],
-            "orders_per_request": opr,
-            "orders_per_request_ci95": [opr - half_o, opr + half_o],
-        }
+        U = len(self.users)
+        n, shown, clicks, orders = (sum(u[k] for u in self.users.values()) for k in range(4))
+        ctr = clicks / max(shown, 1)
+        opr = orders / max(n, 1)
+        out: dict[str, Any] = {"requests": n, "users": U, "ctr": ctr, "ctr_ci95": None,
+                               "orders_per_request": opr, "orders_per_request_ci95": None}  # fmt: skip
+        if U > 1 and shown:  # fewer than two users: no interval (null in JSON, never Infinity)
+            out["ctr_ci95"] = _ratio_ci(ctr, [(u[2], u[1]) for u in self.users.values()])
+            out["orders_per_request_ci95"] = _ratio_ci(opr, [(u[3], u[0]) for u in self.users.values()])
+        return out
+
+
+def _ratio_ci(r: float, clusters: list[tuple[int, int]]) -> list[float]:
+    """95 % interval of r = Σy/Σx by the delta method over clusters (y_u, x_u):
+    var = Σ (y_u − r x_u)² / (U (U − 1) x̄²)."""
+    U = len(clusters)
+    x_bar = sum(x for _, x in clusters) / U
+    resid = sum((y - r * x) ** 2 for y, x in clusters)
+    half = 1.96 * math.sqrt(resid / (U * (U - 1) * x_bar * x_bar))
+    return [r - half, r + half]
 
 
 def ci_text(ci: list[float] | None, digits: int = 4) -> str:
@@ -157,7 +158,7 @@ class LoopStats:
     def on_request(self, req: Request) -> None:
         who = who_ranked(req, self.ranker)
         self.cells[(req.ts_ms // self.window_ms * self.window_ms, who)].add(
-            len(req.shown), len(req.clicks), len(req.orders)
+            req.user.user_id, len(req.shown), len(req.clicks), len(req.orders)
         )
 
     def rows(self) -> list[dict[str, Any]]:

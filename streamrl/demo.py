@@ -124,22 +124,24 @@ class Traffic:
     live_from: float | None = None  # wall time the A/B traffic began
     live_until: float | None = None  # and ended
     sent: int = 0
-    rows: list[tuple[float, str, int, int, int]] = field(
+    rows: list[tuple[float, str, str, int, int, int]] = field(
         default_factory=list
-    )  # t, arm, shown, clicks, orders
+    )  # t, arm, user, shown, clicks, orders
     ranker: ArmRanker | None = None
     orders: list[tuple[str, float]] = field(default_factory=list)  # (request_id, wall time produced)
 
     def on_request(self, req: Request) -> None:
         arm = who_ranked(req, self.ranker)
-        self.rows.append((time.time(), arm, len(req.shown), len(req.clicks), len(req.orders)))
+        self.rows.append(
+            (time.time(), arm, req.user.user_id, len(req.shown), len(req.clicks), len(req.orders))
+        )
 
     def cell(self, arm: str, since_s: float | None = None) -> Cell:
         cut = time.time() - since_s if since_s is not None else 0.0
         c = Cell()
-        for t, a, shown, clicks, orders in self.rows if since_s is None else self.rows[-6000:]:
+        for t, a, user, shown, clicks, orders in self.rows if since_s is None else self.rows[-6000:]:
             if a == arm and t >= cut:
-                c.add(shown, clicks, orders)
+                c.add(user, shown, clicks, orders)
         return c
 
     def ab(self) -> dict[str, dict[str, Any]]:

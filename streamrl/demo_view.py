@@ -141,7 +141,7 @@ def write_report(out: Path, started: float, traffic: Traffic, status: dict[str, 
     window = 30.0
     for label in ARMS:
         cells: dict[int, list[int]] = {}
-        for t, arm, shown, clicks, _ in traffic.rows:
+        for t, arm, _, shown, clicks, _ in traffic.rows:
             if arm == label:
                 c = cells.setdefault(int((t - started) // window), [0, 0])
                 c[0] += shown

@@ -111,23 +111,31 @@ def test_impressions_in_the_loop_are_valid_events(tmp_path: Path, world_and_best
     assert len(served) > len(imps) // 2
 
 
-def test_the_ctr_interval_is_the_cluster_delta_method_by_hand() -> None:
+def test_the_intervals_are_the_delta_method_over_users_by_hand() -> None:
     from sim.closed_loop import Cell
 
     c = Cell()
-    for shown, clicks, orders in ((10, 2, 1), (10, 0, 0), (10, 1, 0), (10, 3, 1)):
-        c.add(shown, clicks, orders)
+    for user, shown, clicks, orders in (("a", 10, 2, 1), ("b", 10, 0, 0), ("c", 10, 1, 0), ("d", 10, 3, 1)):
+        c.add(user, shown, clicks, orders)
     s = c.summary()
-    # ctr = 6 / 40 = 0.15; residuals c_i - 0.15 s_i = 0.5, -1.5, -0.5, 1.5: squares sum 5.0
+    # ctr = 6 / 40 = 0.15; residuals c_u - 0.15 s_u = 0.5, -1.5, -0.5, 1.5: squares sum 5.0
     # var = 5.0 / (4 * 3 * 10^2) = 0.0041667; half width 1.96 * 0.064550 = 0.126518
-    assert s["ctr"] == pytest.approx(0.15)
+    assert s["ctr"] == pytest.approx(0.15) and s["requests"] == 4 and s["users"] == 4
     assert s["ctr_ci95"] == pytest.approx([0.15 - 0.126518, 0.15 + 0.126518], abs=1e-5)
-    # orders per request 0.5; sample variance 1/3; var of the mean 1/12; half 1.96 * 0.288675
+    # orders per request 0.5; residuals 0.5, -0.5, -0.5, 0.5: squares 1.0; var 1 / (4 * 3 * 1) = 1/12
     assert s["orders_per_request"] == 0.5
     assert s["orders_per_request_ci95"] == pytest.approx([0.5 - 0.565803, 0.5 + 0.565803], abs=1e-5)
+    # user "a" searches again (10 shown, 3 clicks, 0 orders): one cluster of 2 requests, 20 shown
+    c.add("a", 10, 3, 0)
+    s = c.summary()
+    # ctr = 9 / 50 = 0.18; residuals a: 5 - 3.6 = 1.4, b: -1.8, c: -0.8, d: 1.2 -> squares 1.96 + 3.24
+    # + 0.64 + 1.44 = 7.28; s̄ = 12.5; var = 7.28 / (4 * 3 * 156.25) = 0.0038827; half 1.96 * 0.062311
+    assert s["requests"] == 5 and s["users"] == 4 and s["ctr"] == pytest.approx(0.18)
+    assert s["ctr_ci95"] == pytest.approx([0.18 - 0.122130, 0.18 + 0.122130], abs=1e-5)
     one = Cell()
-    one.add(10, 1, 0)
-    assert one.summary()["ctr_ci95"] is None  # one request: no interval (JSON null)
+    one.add("a", 10, 1, 0)
+    one.add("a", 10, 2, 0)
+    assert one.summary()["ctr_ci95"] is None  # one user: no interval (JSON null)
 
 
 def test_users_split_stably_and_evenly_over_the_arms() -> None:
