@@ -5,8 +5,9 @@ newest push, learning RL from the live stream).
 
     .venv/bin/python bench/online_ab.py [--world configs/world.yaml] [--seed S] [--minutes 5] [--json]
 
-Prints the arms' requests, CTR with its 95 % interval (cluster delta method, sim/closed_loop.py) and
-orders per request, then the live/frozen and live/logging CTR ratios; with --json the last line is
+Prints the arms' requests and users, CTR with its 95 % interval (delta method clustered by user,
+sim/closed_loop.py) and orders per request, then the live/frozen and live/logging CTR ratios; with
+--json the last line is
 {"arms": {"logging"|"frozen"|"live": {"requests", "ctr", "ctr_ci95", "orders_per_request", ...}}}.
 Set-up (broker, SIDs, backlog, warm start) comes on top of the minutes of traffic.
 """
@@ -68,10 +69,10 @@ def main() -> None:
     live_s = _live_s(traffic)
     print(f"\n{args.world.name}, seed {args.seed}, {live_s:.0f} s of A/B traffic, {steps} RL steps live, "
           f"{time.monotonic() - start:.0f} s in all; daemon exit {code}")  # fmt: skip
-    print(f"{'arm':8} {'requests':>9} {'CTR':>7} {'95 % CI':>17} {'orders/req':>11}")
+    print(f"{'arm':8} {'requests':>9} {'users':>6} {'CTR':>7} {'95 % CI':>17} {'orders/req':>11}")
     for arm, r in arms.items():
         print(
-            f"{arm:8} {r['requests']:9d} {r['ctr']:7.4f} {ci_text(r['ctr_ci95']):>17} "
+            f"{arm:8} {r['requests']:9d} {r['users']:6d} {r['ctr']:7.4f} {ci_text(r['ctr_ci95']):>17} "
             f"{r['orders_per_request']:11.4f}"
         )
     base = {a: arms[a]["ctr"] for a in arms}

@@ -21,12 +21,13 @@ ARMS = ("logging", "frozen", "live")
 
 def ab_table(ab: dict[str, dict[str, Any]], live_s: float) -> Table:
     table = Table(title=f"online A/B over {live_s:.0f} s of live traffic (95 % intervals)")
-    for col in ("arm", "requests", "CTR", "CTR 95 % CI", "orders/request"):
+    for col in ("arm", "requests", "users", "CTR", "CTR 95 % CI", "orders/request"):
         table.add_column(col, justify="left" if col == "arm" else "right")
     for arm, r in ab.items():
         table.add_row(
             arm,
             str(r["requests"]),
+            str(r["users"]),
             f"{r['ctr']:.4f}",
             ci_text(r["ctr_ci95"]),
             f"{r['orders_per_request']:.3f}",
