@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from checkpoints.files import sha256_file
 from checkpoints.store import MANIFEST, CheckpointError, CheckpointStore, verify
 from configs.schema import JoinConfig, LearnConfig
 from rewards.weights import RewardPolicy
@@ -95,18 +96,12 @@ class InitError(ValueError):
     """A learner cannot start as configured (foreign codebook, an anchor missing)."""
 
 
-def codebook_sha(folder: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256((folder / CODEBOOK_FILE).read_bytes()).hexdigest()
-
-
 def check_same_codebook(init_from: Path, sids_dir: Path) -> None:
     """RL starts from a checkpoint of the same codebook only: SIDs would name other items."""
     for folder in (init_from, sids_dir):
         if not (folder / CODEBOOK_FILE).exists():
             raise InitError(f"{folder}: no {CODEBOOK_FILE} (not a checkpoint or SID folder)")
-    a, b = codebook_sha(init_from), codebook_sha(sids_dir)
+    a, b = sha256_file(init_from / CODEBOOK_FILE), sha256_file(sids_dir / CODEBOOK_FILE)
     if a != b:
         raise InitError(
             f"init-from {init_from} was trained on codebook sha256 {a[:12]}, but the SIDs in "

@@ -84,10 +84,6 @@ class ArmRanker:
         ranker = self.rankers.get(self.last_arm)
         return ranker(user, query, history, k) if ranker else None
 
-    def version(self, arm: str) -> Any:
-        ranker = self.rankers.get(arm)
-        return ranker.version if ranker else None
-
 
 def who_ranked(req: Request, ranker: Any) -> str:
     """The arm of an A/B request (fallbacks apart), else served version or logging ranker."""
