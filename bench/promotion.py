@@ -25,7 +25,7 @@ from bench.learning import prepare
 from configs import load_config
 from rewards.weights import RewardPolicy, parse_rewards
 from rl.checkpointing import load_for_inference, resolve
-from rl.evaluate import beam_search
+from rl.decode import beam_search
 from rl.offline import load_records, run_offline
 from rl.policy import format_prompt
 
@@ -48,13 +48,17 @@ def rewards_file(merchants: list[str], start: str, end: str, bonus: float) -> st
 
 def share(folder: Path, held_out: list[dict], merchant_of: dict[str, str], promoted: set[str]) -> float:
     model, tok, book, vocab = load_for_inference(resolve(folder))
+    by_sid = {sid: item for item, sid in book.sids.items()}
+    prompts = [
+        format_prompt(rec["query"], [book.sids[h] for h in rec["history"][:5] if h in book.sids], tok)
+        for rec in held_out
+    ]
     hits = total = 0
-    for rec in held_out:
-        history = [book.sids[h] for h in rec["history"][:5] if h in book.sids]
-        top = beam_search(model, tok, format_prompt(rec["query"], history, tok), vocab, 16)[:10]
-        by_sid = {sid: item for item, sid in book.sids.items()}
-        hits += sum(merchant_of.get(by_sid[s], "") in promoted for s, _ in top)
-        total += len(top)
+    for start in range(0, len(prompts), 16):
+        for beams in beam_search(model, tok, prompts[start : start + 16], vocab, 16):
+            top = beams[:10]
+            hits += sum(merchant_of.get(by_sid[s], "") in promoted for s, _ in top)
+            total += len(top)
     return hits / max(total, 1)
 
 

@@ -249,6 +249,12 @@ class ServingConfig(Section):
     max_query_chars: int = Field(512, ge=1)
     max_body_bytes: int = Field(65536, ge=256)
     poll_s: float = Field(0.5, gt=0.0)  # ops: how often the server re-reads policy.json and versions
+    # Batching (serving/server.py): concurrent /search requests are decoded together by one thread.
+    max_batch: int = Field(16, ge=1)  # ops: prompts per decoder batch
+    batch_window_ms: float = Field(2.0, ge=0.0)  # ops: how long a lone request waits for company
+    max_queue: int = Field(256, ge=1)  # ops: waiting requests past this get 503 at once
+    request_timeout_s: float = Field(10.0, gt=0.0)  # ops: a /search not answered by then gets 504
+    listen_backlog: int = Field(128, ge=1)  # ops: the socket's accept queue
 
 
 class WeightsConfig(Section):

@@ -27,15 +27,11 @@ from configs.schema import JoinConfig, LearnConfig
 from rewards.weights import RewardPolicy
 from rl.learner import Learner
 from rl.policy import SidVocab, load_pretrained
-from rl.sid import CENTROIDS_FILE, CODEBOOK_FILE, META_FILE, SidCodebook, load_codebook
+from rl.sid import CENTROIDS_FILE, CODEBOOK_FILE, META_FILE, SidCodebook, level_sizes, load_codebook
 
 OPTIMIZER = "optimizer.pt"
 STATE = "learner_state.json"
 CTR_STATE = "ctr_table.parquet"  # the learner's posterior CTR counts (for items a request did not show)
-
-
-def level_sizes(book: SidCodebook) -> list[int]:
-    return [*book.levels, *([book.unique[1]] * book.unique[0])]
 
 
 def item_tables(folder: Path) -> tuple[dict[str, tuple[str, ...]], dict[str, str]]:

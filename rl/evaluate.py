@@ -2,7 +2,8 @@
 ordered items of held-out records (also split by click and order targets, and per target item as
 the paper's tables count), distinct top-1 SIDs over the prompts and as a share of the distinct
 queries among them (a collapsed policy names the same few items for every query), and the valid-SID
-rate of free (unconstrained, level-restricted) sampling."""
+rate of free (unconstrained, level-restricted) sampling. Records are decoded `batch` prompts at a time
+by the batched KV-cached decoder (rl/decode.py), the one serving uses."""
 
 from __future__ import annotations
 
@@ -10,33 +11,8 @@ from typing import Any
 
 import torch
 
-from rl.policy import SidVocab, _positions, format_prompt, rollout, sid_token
-
-
-@torch.no_grad()
-def beam_search(
-    model: Any, tok: Any, prompt: str, vocab: SidVocab, beam: int
-) -> list[tuple[tuple[int, ...], float]]:
-    """Top `beam` real SIDs for one prompt by cumulative log-probability (trie-constrained)."""
-    device = next(model.parameters()).device
-    base = tok(prompt, add_special_tokens=False)["input_ids"]
-    beams: list[tuple[tuple[int, ...], float]] = [((), 0.0)]
-    for lvl in range(vocab.L):
-        ids = torch.tensor(
-            [base + [tok.convert_tokens_to_ids(sid_token(i, c)) for i, c in enumerate(b)] for b, _ in beams],
-            device=device,
-        )
-        mask = torch.ones_like(ids)
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask)).logits[:, -1]
-        level_ids = vocab.level_ids[lvl].to(device)
-        logp = torch.log_softmax(logits[:, level_ids].float(), dim=-1)  # [beams, K_l]
-        cand = []
-        for (prefix, score), row in zip(beams, logp.tolist(), strict=True):
-            for code in vocab.allowed_codes(prefix):
-                cand.append(((*prefix, code), score + row[code]))
-        cand.sort(key=lambda c: -c[1])
-        beams = cand[:beam]
-    return beams
+from rl.decode import beam_search
+from rl.policy import SidVocab, format_prompt, rollout
 
 
 def evaluate(
@@ -50,6 +26,7 @@ def evaluate(
     history_len: int = 5,
     free_samples: int = 8,
     seed: int = 0,
+    batch: int = 16,
 ) -> dict[str, Any]:
     model.eval()
     by_sid = {sid: item for item, sid in book.sids.items()}
@@ -60,36 +37,41 @@ def evaluate(
     queries: set[str] = set()
     pt_n, pt_hr, pt_mrr = 0, 0.0, 0.0  # per target item
     gen = torch.Generator().manual_seed(seed)
+    todo = []
     for rec in records:
         clicked = {i["item_id"] for i in rec["items"] if i["clicked"]}
         ordered = {i["item_id"] for i in rec["items"] if i["ordered"]}
-        if not clicked | ordered:
-            continue
-        history = [book.sids[h] for h in rec["history"][:history_len] if h in book.sids]
-        prompt = format_prompt(rec["query"], history, tok)
-        queries.add(rec["query"])
-        beams = beam_search(model, tok, prompt, vocab, max(beam, k))
-        if beams:
-            top1.add(beams[0][0])
-        ranked = [by_sid[s] for s, _ in beams][:k]
-        for target in clicked | ordered:
-            rank = ranked.index(target) + 1 if target in ranked else None
-            pt_n += 1
-            pt_hr += rank is not None
-            pt_mrr += 1.0 / rank if rank else 0.0
-        for name, targets in (("", clicked | ordered), ("_click", clicked), ("_order", ordered)):
-            if not targets:
-                continue
-            rank = next((r for r, item in enumerate(ranked, start=1) if item in targets), None)
-            sums["hr" + name] += rank is not None
-            sums["mrr" + name] += 1.0 / rank if rank else 0.0
-        n += 1
-        n_click += bool(clicked)
-        n_order += bool(ordered)
+        if clicked | ordered:
+            history = [book.sids[h] for h in rec["history"][:history_len] if h in book.sids]
+            todo.append((format_prompt(rec["query"], history, tok), rec["query"], clicked, ordered))
+    for start in range(0, len(todo), batch):
+        chunk = todo[start : start + batch]
+        prompts = [p for p, _, _, _ in chunk]
+        for (_, query, clicked, ordered), beams in zip(
+            chunk, beam_search(model, tok, prompts, vocab, max(beam, k)), strict=True
+        ):
+            queries.add(query)
+            if beams:
+                top1.add(beams[0][0])
+            ranked = [by_sid[s] for s, _ in beams][:k]
+            for target in clicked | ordered:
+                rank = ranked.index(target) + 1 if target in ranked else None
+                pt_n += 1
+                pt_hr += rank is not None
+                pt_mrr += 1.0 / rank if rank else 0.0
+            for name, targets in (("", clicked | ordered), ("_click", clicked), ("_order", ordered)):
+                if not targets:
+                    continue
+                rank = next((r for r, item in enumerate(ranked, start=1) if item in targets), None)
+                sums["hr" + name] += rank is not None
+                sums["mrr" + name] += 1.0 / rank if rank else 0.0
+            n += 1
+            n_click += bool(clicked)
+            n_order += bool(ordered)
         if free_samples:
-            codes, _ = rollout(model, tok, [prompt], vocab, free_samples, generator=gen)
+            codes, _ = rollout(model, tok, prompts, vocab, free_samples, generator=gen)
             valid += sum(tuple(c) in vocab.items for c in codes.tolist())
-            total += free_samples
+            total += len(codes)
     return {
         f"hr@{k}": sums["hr"] / max(n, 1),
         f"mrr@{k}": sums["mrr"] / max(n, 1),

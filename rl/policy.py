@@ -29,6 +29,9 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from rl.hf_compat import cached_forward, select_rows
+from rl.trie import SidTrie
+
 SPECIAL = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "sep_token": "<sep>"}
 
 
@@ -122,23 +125,14 @@ class SidVocab:
             for lvl, size in enumerate(level_sizes)
         ]
         self.L = len(level_sizes)
-        self.trie: dict[tuple[int, ...], set[int]] = {}
-        for sid in sids:
-            for lvl in range(self.L):
-                self.trie.setdefault(tuple(sid[:lvl]), set()).add(int(sid[lvl]))
-        self.items = {tuple(int(c) for c in s) for s in sids}
+        self.tensor_trie = SidTrie(sids, level_sizes)
+        self.items = {tuple(int(c) for c in s) for s in self.tensor_trie.sids.tolist()}
 
-    def allowed_codes(self, prefix: tuple[int, ...]) -> list[int]:
-        return sorted(self.trie.get(prefix, ()))
-
-    def trie_mask(self, prefixes: Sequence[Sequence[int]], K: int) -> torch.Tensor:
-        """[N, K] additive mask: 0 where the trie allows the code after each prefix, -inf elsewhere
-        (a prefix the trie does not know allows every code, as a constrained rollout does)."""
-        allow = torch.full((len(prefixes), K), float("-inf"))
-        for n, prefix in enumerate(prefixes):
-            ok = self.allowed_codes(tuple(int(c) for c in prefix))
-            allow[n, ok if ok else slice(None)] = 0.0
-        return allow
+    def trie_mask(self, codes: torch.Tensor, level: int) -> torch.Tensor:
+        """[N, K_level] additive mask: 0 where the trie allows a code after each row's first `level`
+        codes, -inf elsewhere (a prefix the trie does not know allows every code, as a constrained
+        rollout does), on the device of `codes`."""
+        return self.tensor_trie.mask(level, self.tensor_trie.walk(codes, level))
 
 
 def rollout(
@@ -190,14 +184,13 @@ def rollout_with_targets(
         device = next(model.parameters()).device
         ids = enc["input_ids"].to(device)  # [B, T]
         mask = enc["attention_mask"].to(device)  # [B, T]
-        out = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=True)
+        logits, past = cached_forward(model, ids, mask, _positions(mask), last=True)
         B = ids.shape[0]
         forced = [b for b in range(B) if targets[b] is not None]
         # rows: G samples of prompt 0, ..., G samples of prompt B-1, then one forced row per target
         rows = torch.tensor([b for b in range(B) for _ in range(G)] + forced, device=device)
-        past = out.past_key_values
-        past.batch_select_indices(rows)
-        logits = out.logits[:, -1, :][rows]  # [N + F, V]
+        past = select_rows(past, rows)
+        logits = logits[:, -1, :][rows]  # [N + F, V]
         mask = mask[rows]
         N, F = B * G, len(forced)
         forced_codes = torch.tensor([list(targets[b] or ()) for b in forced], dtype=torch.long).reshape(
@@ -210,7 +203,7 @@ def rollout_with_targets(
             raw = logits[:, level_ids].float()  # [N + F, K_l]
             scores = raw[:N] / max(temperature, 1e-6)
             if constrained:
-                scores = scores + vocab.trie_mask(codes[:, :lvl].tolist(), scores.shape[1]).to(device)
+                scores = scores + vocab.trie_mask(codes, lvl).to(device)
             logp_all = torch.log_softmax(scores, dim=-1)
             if stats is not None:  # -sum p log p; 0 * -inf (a code the trie forbids) counts as 0
                 p = logp_all.detach().exp()
@@ -229,15 +222,8 @@ def rollout_with_targets(
                 :, None
             ]  # [N + F, 1]
             mask = torch.cat([mask, torch.ones_like(next_ids)], dim=1)
-            out = model(
-                input_ids=next_ids,
-                attention_mask=mask,
-                past_key_values=past,
-                use_cache=True,
-                position_ids=_positions(mask)[:, -1:],
-            )
-            past = out.past_key_values
-            logits = out.logits[:, -1, :]
+            logits, past = cached_forward(model, next_ids, mask, _positions(mask)[:, -1:], past)
+            logits = logits[:, -1, :]
         forced_logp = torch.stack(forced_logps, dim=1) if F else torch.zeros((0, vocab.L), device=device)
         if stats is not None:
             stats["entropy"] = entropy
@@ -277,6 +263,6 @@ def sequence_logp(
     for lvl in range(vocab.L):
         step = logits[:, T - 1 + lvl, :][:, vocab.level_ids[lvl].to(device)].float() / temperature
         if constrained:
-            step = step + vocab.trie_mask(codes[:, :lvl].tolist(), step.shape[1]).to(device)
+            step = step + vocab.trie_mask(codes, lvl)
         out.append(torch.log_softmax(step, dim=-1).gather(1, codes[:, lvl : lvl + 1]).squeeze(1))
     return torch.stack(out, dim=1)  # [N, L]

@@ -141,6 +141,11 @@ class CatalogItem:
         return " | ".join(x for x in (self.title, " > ".join(self.category), attrs) if x)
 
 
+def level_sizes(book: SidCodebook) -> list[int]:
+    """Codes per SID position: the residual levels, then the unique-suffix digits."""
+    return [*book.levels, *([book.unique[1]] * book.unique[0])]
+
+
 def save_codebook(book: SidCodebook, items: dict[str, CatalogItem], out: Path, encoder: str) -> None:
     import json
 

@@ -2,9 +2,15 @@
 
     GET  /healthz   200 {"ok": true, "version": N} once a version is loaded, else 503
     GET  /version   {"version": N, "step": S, "weights_version": W, "pinned": bool, "failed": {...}}
+    GET  /metrics   Prometheus: requests by route and status, /search latency, batch sizes, queue
+                    depth, loaded version, reload failures, start-up seconds
     POST /search    {"query": str, "user_id": str, "history": [item_id, ...], "k": int}
-                    -> {"version": N, "items": [{"item_id", "sid", "score"}, ...]}
+                    -> {"version": N, "items": [{"item_id", "sid", "score"}, ...], "latency_ms": ms}
+                    503 when the decoder queue is full, 504 past serving.request_timeout_s
     POST /reload    re-read policy.json now (what a push notifies); answers like /version
+
+/search requests are batched (serving/batcher.py) through the one constrained decoder that eval and
+the push gate use (rl/decode.py: KV cache, beams sharing the prompt's cache, trie as tensors).
 
 It follows policy.json and new versions: a watcher thread re-reads them every `serving.poll_s`
 seconds, loads the version to serve in the background (manifest hashes verified first), and swaps
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -24,14 +31,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import torch
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from checkpoints.serving import ServingError, ServingRoot
 from checkpoints.store import CheckpointError, verify
 from configs.schema import ServingConfig
 from rl.checkpointing import load_for_inference
-from rl.evaluate import beam_search
 from rl.policy import format_prompt
+from serving.batcher import Batcher, Job, ServerMetrics
 
 log = logging.getLogger("streamrl.serve")
 
@@ -49,8 +56,10 @@ class Loaded:
 
 
 class ModelHolder:
-    def __init__(self, serving: ServingRoot, poll_s: float) -> None:
+    def __init__(self, serving: ServingRoot, poll_s: float, metrics: ServerMetrics | None = None) -> None:
         self.serving = serving
+        self.metrics = metrics or ServerMetrics()
+        self.metrics.version.set_function(lambda: self.current.version if self.current else 0)
         self.poll_s = poll_s
         self.current: Loaded | None = None
         self.failed: dict[int, str] = {}
@@ -74,6 +83,7 @@ class ModelHolder:
                 model, tok, book, vocab = load_for_inference(path)
             except (CheckpointError, OSError, ValueError) as exc:
                 self.failed[target] = str(exc)
+                self.metrics.reload_failures.inc()
                 log.error("version %d failed to load, still serving %s: %s", target, self._v(), exc)
                 return self.current
             self.current = Loaded(
@@ -143,22 +153,32 @@ def parse_search(body: bytes, cfg: ServingConfig) -> tuple[str, list[str], int]:
     return query, history, k
 
 
-def search(m: Loaded, query: str, history: list[str], k: int, beam: int, history_len: int) -> list[dict]:
+def prompt_for(m: Loaded, query: str, history: list[str], history_len: int) -> str:
     sids = [m.book.sids[h] for h in history[:history_len] if h in m.book.sids]
-    prompt = format_prompt(query, sids, m.tok)
-    with torch.no_grad():
-        beams = beam_search(m.model, m.tok, prompt, m.vocab, max(beam, k))
+    return format_prompt(query, sids, m.tok)
+
+
+def answer(m: Loaded, beams: list[tuple[tuple[int, ...], float]], k: int) -> list[dict[str, Any]]:
     return [{"item_id": m.by_sid[s], "sid": list(s), "score": round(score, 6)} for s, score in beams[:k]]
 
 
-def make_server(cfg: ServingConfig, holder: ModelHolder, history_len: int = 5) -> ThreadingHTTPServer:
+def make_server(
+    cfg: ServingConfig, holder: ModelHolder, history_len: int = 5, batcher: Batcher | None = None
+) -> ThreadingHTTPServer:
+    metrics = holder.metrics
+    decoder = batcher or Batcher(cfg.max_batch, cfg.batch_window_ms / 1000, cfg.max_queue, metrics)
+
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
-        def _send(self, code: int, obj: Any) -> None:
+        def _send(self, code: int, obj: Any, route: str | None = None) -> None:
+            metrics.requests.labels(route or self.path.split("?")[0][:32], str(code)).inc()
             data = json.dumps(obj).encode()
+            self._raw(code, data, "application/json")
+
+        def _raw(self, code: int, data: bytes, ctype: str) -> None:
             self.send_response(code)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
@@ -182,8 +202,11 @@ def make_server(cfg: ServingConfig, holder: ModelHolder, history_len: int = 5) -
                 )
             elif self.path == "/version":
                 self._send(200, holder.describe())
+            elif self.path == "/metrics":
+                metrics.requests.labels("/metrics", "200").inc()
+                self._raw(200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)
             else:
-                self._send(404, {"error": f"no route GET {self.path}"})
+                self._send(404, {"error": f"no route GET {self.path}"}, "other")
 
         def do_POST(self) -> None:
             body = self._body()
@@ -194,7 +217,7 @@ def make_server(cfg: ServingConfig, holder: ModelHolder, history_len: int = 5) -
                 self._send(200, holder.describe())
                 return
             if self.path != "/search":
-                self._send(404, {"error": f"no route POST {self.path}"})
+                self._send(404, {"error": f"no route POST {self.path}"}, "other")
                 return
             m = holder.current  # this request keeps this model even if a swap happens meanwhile
             if m is None:
@@ -206,28 +229,66 @@ def make_server(cfg: ServingConfig, holder: ModelHolder, history_len: int = 5) -
                 self._send(400, {"error": str(exc)})
                 return
             started = time.perf_counter()
-            items = search(m, query, history, k, cfg.beam, history_len)
-            ms = (time.perf_counter() - started) * 1000
-            self._send(200, {"version": m.version, "items": items, "latency_ms": round(ms, 1)})
+            job = Job(m, prompt_for(m, query, history, history_len), max(cfg.beam, k))
+            if not decoder.submit(job):
+                self._send(503, {"error": f"server busy: {cfg.max_queue} requests already waiting"})
+                return
+            if not job.done.wait(cfg.request_timeout_s):
+                job.abandoned = True
+                self._send(504, {"error": f"no answer within {cfg.request_timeout_s} s"})
+                return
+            if job.error is not None or job.beams is None:
+                self._send(500, {"error": job.error or "no result"})
+                return
+            seconds = time.perf_counter() - started
+            metrics.latency.observe(seconds)
+            ms = round(seconds * 1000, 1)
+            self._send(200, {"version": m.version, "items": answer(m, job.beams, k), "latency_ms": ms})
 
         def log_message(self, fmt: str, *args: Any) -> None:
             log.debug("%s " + fmt, self.address_string(), *args)
 
-    server = ThreadingHTTPServer((cfg.host, cfg.port), Handler)
-    server.daemon_threads = True
-    return server
+    class Server(ThreadingHTTPServer):
+        request_queue_size = cfg.listen_backlog
+        daemon_threads = True
+
+    return Server((cfg.host, cfg.port), Handler)
+
+
+def process_age_s() -> float | None:
+    """Seconds since this process started (Linux /proc; None elsewhere): start-up includes imports."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def serve(cfg: ServingConfig, root: Path, model: str, stop: threading.Event, history_len: int = 5) -> int:
+    began = time.perf_counter()
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # no progress bars in the JSON log stream
     holder = ModelHolder(ServingRoot(root, model), cfg.poll_s)
     holder.refresh()
     holder.watch()
-    server = make_server(cfg, holder, history_len)
+    batcher = Batcher(cfg.max_batch, cfg.batch_window_ms / 1000, cfg.max_queue, holder.metrics)
+    server = make_server(cfg, holder, history_len, batcher)
     host, port = str(server.server_address[0]), int(server.server_address[1])
-    print(json.dumps({"serving": f"http://{host}:{port}", "model": model, **holder.describe()}), flush=True)
+    age = process_age_s()
+    startup = round(age if age is not None else time.perf_counter() - began, 2)
+    holder.metrics.startup.set(startup)
+    print(
+        json.dumps(
+            {"serving": f"http://{host}:{port}", "model": model, "startup_s": startup, **holder.describe()}
+        ),
+        flush=True,
+    )
     t = threading.Thread(target=server.serve_forever, name="http", daemon=True)
     t.start()
     stop.wait()
     server.shutdown()
+    batcher.stop()
     holder.stop()
     return 0
