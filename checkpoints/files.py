@@ -86,3 +86,14 @@ def fsync_tree(root: Path) -> None:
             finally:
                 os.close(fd)
         fsync_dir(Path(dirpath))
+
+
+def make_readable(root: Path) -> None:
+    """Files 0644 and folders 0755: a server or gate running as another user can read a checkpoint
+    (safetensors writes its files 0600)."""
+    os.chmod(root, 0o755)
+    for dirpath, dirs, names in os.walk(root):
+        for d in dirs:
+            os.chmod(os.path.join(dirpath, d), 0o755)
+        for name in names:
+            os.chmod(os.path.join(dirpath, name), 0o644)

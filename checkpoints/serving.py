@@ -1,15 +1,19 @@
 """The serving layout and its audit trail:
 
-    SERVING_ROOT/MODEL/<version>/      a pushed checkpoint (model, tokenizer, codebook, manifest, ...)
+    SERVING_ROOT/MODEL/<version>/      what serving needs of a checkpoint: model, tokenizer, codebook and
+                                       a manifest of just those files (files 0644, folders 0755) —
+                                       a standard transformers folder (from_pretrained) plus the SIDs
     SERVING_ROOT/MODEL/policy.json     {"mode": "latest"} or {"mode": "pinned", "version": N, ...}
     SERVING_ROOT/MODEL/history.jsonl   append-only: push, refused_push, held_push, rollback, resume,
                                        learner_reset
 
-Versions are consecutive integers from 1. A push copies a verified checkpoint into a temp folder,
-verifies the copy against the manifest and renames it to the next version, so a server never sees
-half a version. While serving is pinned (a rollback), scheduled pushes are held: they are recorded
-as `held_push` and copy nothing. A lock file serialises pushes and rollbacks from any process.
-`served()` is the version a server must load: the pin, else the newest version.
+Versions are consecutive integers from 1. A push copies a verified checkpoint, less what only a
+learner reads (optimizer state, learner counters, CTR table: store.LEARNER_ONLY), into a temp
+folder with the manifest narrowed to the copied files, verifies the copy and renames it to the next
+version, so a server never sees half a version. While serving is pinned (a rollback), scheduled
+pushes are held: they are recorded as `held_push` and copy nothing. A lock file serialises pushes
+and rollbacks from any process. `served()` is the version a server must load: the pin, else the
+newest version.
 """
 
 from __future__ import annotations
@@ -24,8 +28,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from checkpoints.files import append_jsonl, folder_lock, fsync_dir, fsync_tree, read_jsonl, write_json
-from checkpoints.store import CheckpointError, verify
+from checkpoints.files import (
+    append_jsonl,
+    folder_lock,
+    fsync_dir,
+    fsync_tree,
+    make_readable,
+    read_jsonl,
+    write_json,
+)
+from checkpoints.store import LEARNER_ONLY, MANIFEST, CheckpointError, verify
 
 POLICY = "policy.json"
 HISTORY = "history.jsonl"
@@ -139,7 +151,14 @@ class ServingRoot:
             version = (self.versions() or [0])[-1] + 1
             tmp = self.dir / f".tmp-{version}-{os.getpid()}"
             shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(checkpoint, tmp)
+            files = {rel: digest for rel, digest in manifest["files"].items() if rel not in LEARNER_ONLY}
+            for rel in files:
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(checkpoint / rel, tmp / rel)
+            dropped = sorted(set(manifest["files"]) - set(files))
+            served = {**manifest, "files": files, "learner_files_left_out": dropped}
+            (tmp / MANIFEST).write_text(json.dumps(served, indent=2, sort_keys=True) + "\n")
+            make_readable(tmp)
             try:
                 verify(tmp)  # the copy, not only the source
             except CheckpointError:

@@ -27,10 +27,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from checkpoints.files import folder_lock, fsync_dir, fsync_tree, sha256_file
+from checkpoints.files import folder_lock, fsync_dir, fsync_tree, make_readable, sha256_file
 
 MANIFEST = "manifest.json"
 CODEBOOK = "sid_codebook.parquet"
+# What only a learner reads to resume (rl/checkpointing.py writes them); a served version leaves them out.
+OPTIMIZER = "optimizer.pt"  # AdamW state, loaded with torch.load(weights_only=True)
+LEARNER_STATE = "learner_state.json"  # steps, skipped steps, weights version, resets, CTR clock
+CTR_STATE = "ctr_table.parquet"  # the learner's posterior CTR counts
+LEARNER_ONLY = frozenset({OPTIMIZER, LEARNER_STATE, CTR_STATE})
 log = logging.getLogger("streamrl.checkpoints")
 
 
@@ -97,6 +102,7 @@ class CheckpointStore:
         tmp.mkdir()
         try:
             fill(tmp)
+            make_readable(tmp)
             files = hash_tree(tmp)
             previous = [c.step for c in self.checkpoints() if c.step < step]
             manifest = {
@@ -108,6 +114,7 @@ class CheckpointStore:
                 "files": files,
             }
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+            os.chmod(tmp / MANIFEST, 0o644)
             fsync_tree(tmp)
             final = self.path(step)
             if final.exists():  # the same step saved again (e.g. a drain right after a save)

@@ -22,16 +22,22 @@ import pyarrow.parquet as pq
 import torch
 
 from checkpoints.files import sha256_file
-from checkpoints.store import MANIFEST, CheckpointError, CheckpointStore, verify
+from checkpoints.store import (
+    CTR_STATE,
+    LEARNER_STATE,
+    MANIFEST,
+    OPTIMIZER,
+    CheckpointError,
+    CheckpointStore,
+    verify,
+)
 from configs.schema import JoinConfig, LearnConfig
 from rewards.weights import RewardPolicy
 from rl.learner import Learner
 from rl.policy import SidVocab, load_pretrained
 from rl.sid import CENTROIDS_FILE, CODEBOOK_FILE, META_FILE, SidCodebook, level_sizes, load_codebook
 
-OPTIMIZER = "optimizer.pt"
-STATE = "learner_state.json"
-CTR_STATE = "ctr_table.parquet"  # the learner's posterior CTR counts (for items a request did not show)
+STATE = LEARNER_STATE
 
 
 def item_tables(folder: Path) -> tuple[dict[str, tuple[str, ...]], dict[str, str]]:
@@ -46,6 +52,7 @@ def item_tables(folder: Path) -> tuple[dict[str, tuple[str, ...]], dict[str, str
 def fill(folder: Path, learner: Learner, extra: dict[str, Any] | None = None) -> None:
     learner.model.save_pretrained(folder)  # config.json + model.safetensors
     learner.tok.save_pretrained(folder)
+    portable_tokenizer_config(folder)
     for name in (CODEBOOK_FILE, CENTROIDS_FILE, META_FILE):
         shutil.copy2(learner.codebook_dir / name, folder / name)
     torch.save(learner.opt.state_dict(), folder / OPTIMIZER)
@@ -70,6 +77,19 @@ def fill(folder: Path, learner: Learner, extra: dict[str, Any] | None = None) ->
         **(extra or {}),
     }
     (folder / STATE).write_text(json.dumps(state, indent=2, sort_keys=True))
+
+
+def portable_tokenizer_config(folder: Path) -> None:
+    """transformers 5.x names its fast tokenizer class `TokenizersBackend`, which 4.x does not know;
+    `PreTrainedTokenizerFast` loads the same tokenizer.json in 4.45 through 5.x."""
+    path = folder / "tokenizer_config.json"
+    if not path.exists():
+        return
+    cfg = json.loads(path.read_text())
+    if cfg.get("tokenizer_class") in (None, "TokenizersBackend"):
+        cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+        cfg.pop("backend", None)
+        path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
 def save(
