@@ -19,6 +19,7 @@ import queue
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,7 +73,15 @@ class Job:
 
 
 class Batcher:
-    def __init__(self, max_batch: int, window_s: float, max_queue: int, metrics: ServerMetrics) -> None:
+    def __init__(
+        self,
+        max_batch: int,
+        window_s: float,
+        max_queue: int,
+        metrics: ServerMetrics,
+        decode: Callable[..., list[Beams]] = beam_search,
+    ) -> None:
+        self.decode = decode
         self.max_batch = max_batch
         self.window_s = window_s
         self.metrics = metrics
@@ -122,7 +131,7 @@ class Batcher:
         m = jobs[0].model
         self.metrics.batch.observe(len(jobs))
         try:
-            results = beam_search(m.model, m.tok, [j.prompt for j in jobs], m.vocab, jobs[0].beam)
+            results = self.decode(m.model, m.tok, [j.prompt for j in jobs], m.vocab, jobs[0].beam)
         except Exception as exc:  # one bad batch must not stop the decoder thread
             log.exception("decoding a batch of %d failed", len(jobs))
             for j in jobs:

@@ -88,6 +88,7 @@ def server(world: Path) -> Iterator[str]:
     )
     assert proc.stdout is not None
     hello = json.loads(proc.stdout.readline())
+    assert hello["version"] == 1 and 0 < hello["startup_s"] < 300  # reported (bench/serving.py times it)
     yield hello["serving"]
     proc.terminate()
     assert proc.wait(timeout=20) == 0
@@ -155,6 +156,8 @@ def test_damaged_checkpoints_and_versions_are_never_pushed_loaded_or_pinned(worl
     time.sleep(1.0)
     v = get(f"{server}/version")
     assert v["version"] == served and str(bad) in v["failed"]
+    with urllib.request.urlopen(f"{server}/metrics", timeout=10) as resp:
+        assert "streamrl_serve_reload_failures_total 1.0" in resp.read().decode()
     proc = cli(world, "rollback", "--to", str(bad), "--reason", "x", ok=False)
     assert proc.returncode == 2 and "fails verification" in proc.stderr
     shutil.rmtree(serving.version_path(bad))
@@ -176,3 +179,84 @@ def test_requests_are_bounded(server: str) -> None:
         f"{server}/search", json.dumps({"query": "毛衣 红色", "history": ["nope"], "k": 3}).encode()
     )
     assert code == 200 and len(answer["items"]) == 3  # any Unicode; unknown history items are ignored
+
+
+SERVED_FILES = {
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "sid_codebook.parquet",
+    "sid_centroids.safetensors",
+    "sid_meta.json",
+    "manifest.json",
+}
+
+
+def test_served_version_holds_what_serving_reads_readable_by_all(world: Path, server: str) -> None:
+    serving = ServingRoot(world / "serving", "tiny")
+    folder = serving.version_path(1)
+    assert {p.name for p in folder.iterdir()} == SERVED_FILES  # no optimizer.pt, learner state, CTR table
+    assert all(p.stat().st_mode & 0o777 == 0o644 for p in folder.iterdir())
+    assert folder.stat().st_mode & 0o777 == 0o755
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert set(manifest["files"]) == SERVED_FILES - {"manifest.json"}
+    assert manifest["learner_files_left_out"] == ["ctr_table.parquet", "learner_state.json", "optimizer.pt"]
+    source = Path(serving.history()[0]["source"])
+    assert (source / "optimizer.pt").exists()  # the learner's checkpoint keeps what a resume needs
+    assert all(p.stat().st_mode & 0o777 == 0o644 for p in source.iterdir())
+    tok_cfg = json.loads((folder / "tokenizer_config.json").read_text())
+    assert tok_cfg["tokenizer_class"] == "PreTrainedTokenizerFast"  # known to transformers 4.x and 5.x
+
+
+def test_plain_generate_with_the_shipped_constraint_returns_real_items(world: Path, server: str) -> None:
+    """A pushed version through plain transformers: from_pretrained + generate + SidConstraint."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rl.policy import format_prompt
+    from serving.sid_constraint import SidConstraint
+
+    folder = ServingRoot(world / "serving", "tiny").version_path(1)
+    tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).eval()
+    book = set(pq.read_table(folder / "sid_codebook.parquet").column("item_id").to_pylist())
+    tok.padding_side = "left"
+    enc = tok([format_prompt(q, [], tok) for q in ("red wool", "毛衣")], return_tensors="pt", padding=True)
+    sid = SidConstraint.from_pretrained(folder, tok, prompt_len=enc["input_ids"].shape[1])
+    common = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "max_new_tokens": sid.L}
+    beams = model.generate(
+        **common,
+        logits_processor=[sid],
+        num_beams=6,
+        num_return_sequences=6,
+        do_sample=False,
+        pad_token_id=tok.pad_token_id,
+    )
+    items = sid.items(beams)
+    assert len(items) == 12 and all(i in book for i in items)
+    assert len(set(items[:6])) == 6 and len(set(items[6:])) == 6  # six distinct real items per prompt
+    sampled = model.generate(
+        **common,
+        logits_processor=[sid],
+        do_sample=True,
+        num_return_sequences=8,
+        pad_token_id=tok.pad_token_id,
+    )
+    assert all(i in book for i in sid.items(sampled))
+
+
+def test_server_metrics(server: str) -> None:
+    post(f"{server}/search", json.dumps({"query": "red wool", "k": 3}).encode())
+    with urllib.request.urlopen(f"{server}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    assert 'streamrl_serve_requests_total{route="/search",status="200"}' in text
+    for name in (
+        "streamrl_serve_search_seconds_bucket",
+        "streamrl_serve_batch_size_count",
+        "streamrl_serve_loaded_version",
+        "streamrl_serve_reload_failures_total",
+        "streamrl_serve_startup_seconds",
+        "streamrl_serve_queue_depth",
+    ):
+        assert name in text, name
