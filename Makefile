@@ -5,8 +5,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DURATION ?= 480
+# The oldest and the last 4.x transformers that served versions are tested against (make compat):
+# each gets a small venv with that transformers; torch and pyarrow come from .venv through a .pth.
+COMPAT_TRANSFORMERS ?= 4.45.2 4.57.6
 
-.PHONY: run test lint unit integration bench bench-learner clean install
+.PHONY: run test lint unit integration bench bench-learner clean install compat
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -21,6 +24,18 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+$(VENV)/.compat: $(STAMP)
+	for v in $(COMPAT_TRANSFORMERS); do \
+	  d=.venv-tf$$v; \
+	  test -x $$d/bin/python || $(PY) -m venv $$d; \
+	  $$d/bin/python -m pip install -q "transformers==$$v" || exit 1; \
+	  $$d/bin/python -c "import site, sys; open(site.getsitepackages()[0] + '/zz_streamrl.pth', 'w').write(sys.argv[1])" \
+	    "$$($(BIN)/python -c 'import site; print(site.getsitepackages()[0])')"; \
+	done
+	touch $@
+
+compat: $(VENV)/.compat
+
 run: $(STAMP)
 	$(BIN)/streamrl demo --duration $(DURATION)
 
@@ -29,8 +44,8 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
-	$(BIN)/python -m pytest -q -ra
+test: lint compat
+	STREAMRL_REQUIRE_COMPAT=1 $(BIN)/python -m pytest -q -ra
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not integration"
@@ -44,4 +59,4 @@ bench-learner: $(STAMP)
 	$(BIN)/python bench/learner_throughput.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-tf* runs .pytest_cache .mypy_cache .ruff_cache

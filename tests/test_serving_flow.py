@@ -6,6 +6,7 @@ verification is never loaded by the server."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -244,6 +245,45 @@ def test_plain_generate_with_the_shipped_constraint_returns_real_items(world: Pa
         pad_token_id=tok.pad_token_id,
     )
     assert all(i in book for i in sid.items(sampled))
+
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPAT = sorted(ROOT.glob(".venv-tf*/bin/python"))
+
+
+@pytest.mark.parametrize("python", COMPAT, ids=[p.parts[-3] for p in COMPAT])
+def test_older_transformers_load_and_decode_a_pushed_version(world: Path, server: str, python: Path) -> None:
+    """The oldest supported transformers (4.45) and the last 4.x load a version pushed by this one
+    (5.x), and streamrl's decoder and generate + SidConstraint run there, with the same answers."""
+    from rl.checkpointing import load_for_inference
+    from rl.decode import beam_search
+    from rl.policy import format_prompt
+
+    folder = ServingRoot(world / "serving", "tiny").version_path(1)
+    model, tok, book, vocab = load_for_inference(folder)
+    prompt = format_prompt("red wool socks 毛衣", list(book.sids.values())[:2], tok)
+    proc = subprocess.run(
+        [str(python), str(ROOT / "tests" / "compat" / "check_version.py"), str(folder), prompt],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["transformers"] == python.parts[-3].removeprefix(".venv-tf")
+    assert got["ids"] == tok(prompt, add_special_tokens=False)["input_ids"]  # the same tokens
+    assert all(i in set(book.sids) for i in got["generate_items"]) and len(got["generate_items"]) == 4
+    here = beam_search(model, tok, [prompt], vocab, 8)[0]
+    assert [tuple(s) for s, _ in got["decoder"]] == [s for s, _ in here]
+    assert [v for _, v in got["decoder"]] == pytest.approx([v for _, v in here], abs=1e-4)
+
+
+def test_compat_environments_exist() -> None:
+    """`make test` builds them (make compat); a bare pytest run without them says so here."""
+    if os.environ.get("STREAMRL_REQUIRE_COMPAT") == "1":
+        assert len(COMPAT) >= 2, "make compat did not build .venv-tf<version> environments"
+    elif not COMPAT:
+        pytest.skip("no .venv-tf* environments: run `make compat` (make test does)")
 
 
 def test_server_metrics(server: str) -> None:
