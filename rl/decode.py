@@ -31,7 +31,7 @@ from rl.policy import SidVocab, _positions
 Beams = list[tuple[tuple[int, ...], float]]
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def beam_search(model: Any, tok: Any, prompts: Sequence[str], vocab: SidVocab, beam: int) -> list[Beams]:
     """For each prompt, up to `beam` real SIDs with their cumulative log-probabilities, best first."""
     if not prompts:

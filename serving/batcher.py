@@ -1,7 +1,9 @@
 """Request batching for `streamrl serve`: concurrent /search requests are decoded together.
 
 HTTP handler threads `submit` a job and wait on it; one decoder thread takes the first waiting job,
-gathers more for up to `serving.batch_window_ms` (or until `serving.max_batch`), and runs the batched
+gathers more for up to `serving.batch_window_ms` (or until `serving.max_batch`) — only when company is
+likely (the last batch had more than one, or more are queued), so a lone client never waits — and
+runs the batched
 constrained decoder (rl/decode.py) once per group of jobs that share a model version and a beam
 width — so a request's answer never depends on the company it came with. The queue is bounded
 (`serving.max_queue`): when it is full, `submit` says so at once and the handler answers 503. A job
@@ -82,6 +84,7 @@ class Batcher:
         decode: Callable[..., list[Beams]] = beam_search,
     ) -> None:
         self.decode = decode
+        self._last_batch = 1
         self.max_batch = max_batch
         self.window_s = window_s
         self.metrics = metrics
@@ -104,8 +107,11 @@ class Batcher:
         self._thread.join(timeout=5)
 
     def _gather(self, first: Job) -> list[Job]:
+        """The first job plus what is waiting; the window is waited out only when company is likely
+        (the last batch had some, or others are already queued): a lone client pays no window."""
         jobs = [first]
-        until = time.monotonic() + self.window_s
+        company = self._last_batch > 1 or not self._q.empty()
+        until = time.monotonic() + (self.window_s if company else 0.0)
         while len(jobs) < self.max_batch:
             left = until - time.monotonic()
             try:
@@ -121,7 +127,9 @@ class Batcher:
             except queue.Empty:
                 continue
             groups: dict[tuple[int, int], list[Job]] = defaultdict(list)
-            for job in self._gather(first):
+            batch = self._gather(first)
+            self._last_batch = len(batch)
+            for job in batch:
                 if not job.abandoned:
                     groups[(id(job.model), job.beam)].append(job)
             for group in groups.values():
