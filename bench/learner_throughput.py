@@ -146,7 +146,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        train, _, sids = prepare(tmp, args.requests, args.seed)
+        world = Path(__file__).resolve().parents[1] / "configs" / "world.yaml"
+        data = prepare(tmp, world, args.requests, args.seed)
+        train, sids = data["train"], data["sids"]
         args.sids = sids
         ours_s, learner, cfg, prompts = bench_streamrl(train, sids, args)
         trl_s = bench_trl(learner, cfg, prompts, args, tmp / "trl")

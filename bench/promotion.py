@@ -72,7 +72,9 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        train, test, sids = prepare(tmp, args.requests, args.seed)
+        world = Path(__file__).resolve().parents[1] / "configs" / "world.yaml"
+        data = prepare(tmp, world, args.requests, args.seed)
+        train, test, sids = data["train"], data["test"], data["sids"]
         catalog = [orjson.loads(x) for x in (tmp / "truth" / "catalog.jsonl").read_bytes().splitlines()]
         merchant_of = {c["item_id"]: c["merchant_id"] for c in catalog}
         promoted = sorted({c["merchant_id"] for c in catalog if c["new_merchant"]})
