@@ -91,6 +91,14 @@ class JoinConfig(Section):
     max_open_requests: int = Field(500_000, ge=1)  # issue #2: bound; oldest finalised early
     history_len: int = Field(20, ge=0)  # issue #2: clicked item_ids carried in a record
     max_users: int = Field(1_000_000, ge=1)  # ops: users whose history is remembered (LRU)
+    # Event bounds (issue #14; docs/operations.md "Bounds"): past them an event is dead-lettered with
+    # the bound named, never a crash, and never moves the watermark.
+    max_event_bytes: int = Field(65_536, ge=256)  # security: one event's encoded size
+    max_depth: int = Field(16, ge=4)  # security: JSON nesting (the contract needs 3)
+    max_query_chars: int = Field(1_024, ge=1)  # security: an impression's query
+    max_items: int = Field(500, ge=1)  # security: items shown in one impression
+    max_event_skew_s: float = Field(300.0, gt=0.0)  # events ahead of the clock (wall; replay: the log's)
+    max_event_age_s: float = Field(0.0, ge=0.0)  # events behind the wall clock, live; 0 = no bound
     v_click: float = 3.0  # seed code value for a click (the paper's prose has 3/4 reversed)
     v_order: float = 4.0  # seed code value for an order
     ctr: CtrConfig = CtrConfig()
@@ -104,6 +112,7 @@ class JoinerConfig(Section):
     recovery_lookback_s: float = Field(3600.0, ge=0.0)  # ops: rewards-topic span re-read on start
     poll_timeout_ms: int = Field(200, ge=1)  # ops
     max_poll_records: int = Field(10_000, ge=1)  # ops: bigger polls cost kafka-python less per event
+    poison_tries: int = Field(3, ge=1)  # ops: a message that keeps raising is dead-lettered after this
 
 
 class ArchiveConfig(Section):

@@ -13,7 +13,9 @@ Rules, as numbered in the docs:
     end of input.
  3. A click/order before its impression waits up to orphan_ttl of event time past its own ts, then
     is dead-lettered `orphan`.
- 4. A repeated event_id is ignored (counted). A click/order for a finalised request is `late` —
+ 4. A repeated event_id is ignored (counted) — with the same content; with other content it is
+    dead-lettered `reused_event_id` (two events must not share an id). A click/order for a
+    finalised request is `late` —
     unless that request's record already has that flag (a redelivery, counted, not dead-lettered).
     So is one for an unknown request when the watermark has passed its own ts + window: every
     request it could belong to is finalised (and may be forgotten), so it cannot be an orphan.
@@ -224,7 +226,7 @@ class JoinState:
         self._orphan_expiry: list[tuple[int, int, str]] = []  # (ts + ttl, seq, request_id)
         self._seq = 0
         self.finalized: OrderedDict[str, Finalized] = OrderedDict()
-        self._seen: OrderedDict[str, int] = OrderedDict()
+        self._seen: OrderedDict[str, tuple[int, int]] = OrderedDict()  # event_id -> (ts, content hash)
         self._records = RecordColumns()
         self._finished: list[tuple[OpenRequest, int, str]] = []  # finalised, not yet scored
         self.dead: list[dict[str, Any]] = []
@@ -241,10 +243,23 @@ class JoinState:
     ) -> None:
         self.last_event_ms = now_ms
         self.counts["events"] += 1
-        if ev.event_id in self._seen:
-            self.counts["duplicates"] += 1
+        seen = self._seen.get(ev.event_id)
+        if seen is not None:
+            if seen[1] == hash(ev):
+                self.counts["duplicates"] += 1
+            else:
+                self.counts["dead_reused_event_id"] += 1
+                self.dead.append(
+                    dead_letter(
+                        "reused_event_id: an earlier event had this event_id with other content",
+                        raw,
+                        src,
+                        event_id=ev.event_id,
+                        request_id=ev.request_id,
+                    )
+                )
             return
-        self._seen[ev.event_id] = ev.ts_ms
+        self._seen[ev.event_id] = (ev.ts_ms, hash(ev))
         if isinstance(ev, Impression):
             self._on_impression(ev, raw, src, now_ms)
         else:
@@ -254,6 +269,10 @@ class JoinState:
         if ev.ts_ms > st.max_ts:
             st.max_ts = ev.ts_ms
             self._advance(now_ms)
+
+    def forget_event(self, event_id: str) -> None:
+        """Un-see an event whose processing failed, so a retry is not taken for a redelivery."""
+        self._seen.pop(event_id, None)
 
     def set_caught_up(self, stream: str, caught_up: bool, now_ms: int) -> None:
         """The edge says whether the consumer has read everything the stream holds."""
@@ -402,7 +421,7 @@ class JoinState:
         while len(seen) > self.max_seen:
             seen.popitem(last=False)
         while seen:
-            _, ts = next(iter(seen.items()))
+            _, (ts, _) = next(iter(seen.items()))
             if ts >= horizon_ms:
                 break
             seen.popitem(last=False)

@@ -35,7 +35,7 @@ import pyarrow as pa
 
 from configs.schema import StreamrlConfig
 from stream import kafka_io
-from stream.events import ItemEvent, Malformed, decode_event
+from stream.events import ItemEvent, Malformed, decode_event, limits_of
 from stream.join import Enricher, Finalized, JoinState, Source, dead_letter
 from stream.metrics import ProcessMetrics
 from stream.records import decode_batch
@@ -49,6 +49,14 @@ class JoinerError(RuntimeError):
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+class _Failed(Exception):
+    """An unexpected error while joining one message (a poison message, after its retries)."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(repr(cause))
+        self.cause = cause
 
 
 class _Rebalance(kafka_io.ConsumerRebalanceListener):
@@ -77,6 +85,10 @@ class Joiner:
         self.inputs = (self.topics.impressions, self.topics.clicks, self.topics.orders)
         self.lag: dict[tuple[str, int], int] = {}  # (topic, partition) -> high watermark - position
         self.events_in: Counter[str] = Counter()  # per input topic
+        self.limits = limits_of(cfg.join)
+        self.skew_ms = int(cfg.join.max_event_skew_s * 1000)
+        self.age_ms = int(cfg.join.max_event_age_s * 1000)
+        self.poison_tries = cfg.joiner.poison_tries
 
     # -- setup ------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -156,15 +168,47 @@ class Joiner:
         self.events_in[topic] += len(msgs)
         for m in msgs:
             src = Source(topic, part, m.offset)
-            try:
-                ev = decode_event(m.value)
-                if isinstance(ev, ItemEvent):
-                    raise Malformed(f"item event on request topic {topic}")
-            except Malformed as exc:
-                shard.counts["dead_malformed"] += 1
-                shard.dead.append(dead_letter(exc.reason, m.value, src))
-                continue
-            shard.on_event(ev, m.value, src, topic, now)
+            for attempt in range(1, self.poison_tries + 1):
+                try:
+                    self._one(shard, m.value, src, topic, now)
+                    break
+                except _Failed as failed:  # a poison message: retried, then set aside, never a crash
+                    exc = failed.cause
+                    log.warning("event %s failed (try %d/%d): %r", src, attempt, self.poison_tries, exc)
+                    if attempt == self.poison_tries:
+                        shard.counts["dead_poison"] += 1
+                        shard.dead.append(
+                            dead_letter(f"poison: {type(exc).__name__}: {str(exc)[:300]}", m.value, src)
+                        )
+
+    def _one(self, shard: JoinState, value: bytes | None, src: Source, topic: str, now: int) -> None:
+        """One message: bounds (stream/events.py, join.max_event_*), then the join."""
+        try:
+            ev = decode_event(value, self.limits)
+            if isinstance(ev, ItemEvent):
+                raise Malformed(f"item event on request topic {topic}")
+        except Malformed as exc:
+            shard.counts["dead_malformed"] += 1
+            shard.dead.append(dead_letter(exc.reason, value, src))
+            return
+        except Exception as exc:
+            raise _Failed(exc) from exc
+        if ev.ts_ms > now + self.skew_ms:  # would move the watermark past every open request
+            shard.counts["dead_future"] += 1
+            ahead = (ev.ts_ms - now) / 1000
+            reason = f"future: ts_ms {ahead:.0f} s ahead of the joiner's clock (join.max_event_skew_s)"
+            shard.dead.append(dead_letter(reason, value, src, event_id=ev.event_id))
+            return
+        if self.age_ms and ev.ts_ms < now - self.age_ms:
+            shard.counts["dead_too_old"] += 1
+            reason = f"too_old: ts_ms {(now - ev.ts_ms) / 1000:.0f} s behind the joiner's clock"
+            shard.dead.append(dead_letter(reason, value, src, event_id=ev.event_id))
+            return
+        try:
+            shard.on_event(ev, value, src, topic, now)
+        except Exception as exc:
+            shard.forget_event(ev.event_id)
+            raise _Failed(exc) from exc
 
     def _mark_caught_up(self, now: int) -> None:
         for tp in self.consumer.assignment():
@@ -220,11 +264,14 @@ class Joiner:
         self.last_commit = time.monotonic()
 
     # -- shutdown -----------------------------------------------------------------------------
-    def shutdown(self) -> None:
+    def shutdown(self, clean: bool = True) -> None:
         """Drain: what the watermark finalised is produced and committed; open requests are left
-        uncommitted, to be replayed by the next start."""
+        uncommitted, to be replayed by the next start. After a failure (`clean=False`) nothing is
+        produced or committed: the state may be part-way through a batch, so the next start
+        re-reads from the last commit instead of skipping what this one had not finished."""
         try:
-            self._commit()
+            if clean:
+                self._commit()
         finally:
             self.consumer.close(autocommit=False)
             self.producer.close(timeout=10)
@@ -298,6 +345,7 @@ def run_joiner(cfg: StreamrlConfig, stop: threading.Event, archive: bool = True)
     metrics = ProcessMetrics("joiner")
     metrics.serve(cfg.metrics.host, cfg.metrics.joiner_port)
     code = 0
+    clean = False
     try:
         while not stop.is_set():
             joiner.step()
@@ -328,12 +376,13 @@ def run_joiner(cfg: StreamrlConfig, stop: threading.Event, archive: bool = True)
             if time.monotonic() - last_log >= 10:
                 last_log = time.monotonic()
                 log.info("stats %s", orjson.dumps(dict(joiner.stats())).decode())
-    except JoinerError:
-        log.exception("joiner failed; offsets not committed past durable output")
+        clean = True
+    except Exception:  # any failure: exit non-zero without committing past what was not finished
+        log.exception("joiner failed; nothing committed past the last durable commit")
         code = 1
     finally:
         try:
-            joiner.shutdown()
+            joiner.shutdown(clean)
             if archiver:
                 archiver.close()
         except Exception:

@@ -92,10 +92,16 @@ CASES = [
         ["item_not_impressed"],
     ),
     (
-        "a repeated event_id counts once",
-        [imp("r", 0), act("click", "r", "a", 1, "x"), act("click", "r", "b", 1, "x")],
+        "a redelivered event (same id, same content) counts once",
+        [imp("r", 0), act("click", "r", "a", 1, "x"), act("click", "r", "a", 1, "x")],
         {"r": ({"a"}, set())},
         [],
+    ),
+    (
+        "a reused event_id with other content is dead-lettered, not dropped",
+        [imp("r", 0), act("click", "r", "a", 1, "x"), act("click", "r", "b", 1, "x")],
+        {"r": ({"a"}, set())},
+        ["reused_event_id: an earlier event had this event_id with other content"],
     ),
     (
         "an orphan that meets its impression is attributed",
