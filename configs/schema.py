@@ -109,6 +109,8 @@ class JoinerConfig(Section):
 
     commit_interval_s: float = Field(2.0, gt=0.0)  # ops: produce+flush+commit cadence
     max_batch_records: int = Field(500, ge=1)  # ops: reward records per output message
+    # ops: and bytes per output message, under the rewards topic's max.message.bytes (Kafka's 1 MB default)
+    max_batch_bytes: int = Field(900_000, ge=10_000)
     recovery_lookback_s: float = Field(3600.0, ge=0.0)  # ops: rewards-topic span re-read on start
     poll_timeout_ms: int = Field(200, ge=1)  # ops
     max_poll_records: int = Field(10_000, ge=1)  # ops: bigger polls cost kafka-python less per event

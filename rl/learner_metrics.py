@@ -6,6 +6,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from checkpoints.serving import ServingError
+from stream.records import SKIPPED_BATCHES
 
 if TYPE_CHECKING:
     from rl.streaming import StreamingLearner
@@ -35,6 +36,10 @@ def publish(sl: StreamingLearner, force: bool = False) -> None:
         "streamrl_learner_skipped_steps_total": (
             "Steps skipped for non-finite loss or rewards",
             float(sl.learner.skipped),
+        ),
+        "streamrl_learner_bad_reward_messages_total": (
+            "Rewards-topic messages skipped as not streamrl v1 record batches (logged)",
+            float(SKIPPED_BATCHES["learner"] + SKIPPED_BATCHES["learner priming"]),
         ),
         "streamrl_learner_records_in_total": (
             "Reward records read (each request once)",

@@ -39,14 +39,15 @@ def warm_records(wc: WarmStartConfig, kcfg: KafkaConfig) -> list[Record]:
             raise InitError(f"learn.warm_start.records {wc.records}: no Parquet files there")
         return list(read_records(files))
     from stream.kafka_io import read_span
-    from stream.records import decode_batch
+    from stream.records import decode_or_skip
 
     assert wc.lookback_s is not None
     since = int((time.time() - wc.lookback_s) * 1000)
     seen: set[str] = set()
     out: list[Record] = []
-    for _, _, value in read_span(kcfg, kcfg.topics.rewards, since):
-        for rec in decode_batch(value).to_pylist():
+    for part, offset, value in read_span(kcfg, kcfg.topics.rewards, since):
+        table = decode_or_skip(value, "warm-start look-back", (part, offset))
+        for rec in table.to_pylist() if table is not None else ():
             if rec["request_id"] not in seen:  # the first copy of a request wins, as RewardReader
                 seen.add(rec["request_id"])
                 out.append(rec)

@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from configs.schema import ArchiveConfig, KafkaConfig
 from stream import kafka_io
-from stream.records import decode_batch, write_parquet_atomic
+from stream.records import decode_or_skip, write_parquet_atomic
 
 _PART = re.compile(r"rewards-p(\d+)-(\d+)-(\d+)\.parquet$")
 
@@ -81,7 +81,9 @@ class Archiver:
         for tp, msgs in self.consumer.poll(timeout_ms=timeout_ms, max_records=2000).items():
             part = self.parts.setdefault(tp.partition, _Part())
             for m in msgs:
-                table = decode_batch(m.value)
+                table = decode_or_skip(m.value, "archive", (m.partition, m.offset))
+                if table is None:
+                    continue
                 part.tables.append(table)
                 part.rows += table.num_rows
                 if part.first < 0:

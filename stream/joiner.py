@@ -38,7 +38,7 @@ from stream import kafka_io
 from stream.events import ItemEvent, Malformed, decode_event, limits_of
 from stream.join import Enricher, Finalized, JoinState, Source, dead_letter
 from stream.metrics import ProcessMetrics
-from stream.records import decode_batch
+from stream.records import SKIPPED_BATCHES, decode_or_skip
 
 log = logging.getLogger("streamrl.joiner")
 
@@ -111,8 +111,10 @@ class Joiner:
         """Fold the recent rewards topic back in: CTR counts, histories, finalised request ids."""
         since = _now_ms() - int(self.cfg.joiner.recovery_lookback_s * 1000)
         first: set[str] = set()
-        for part, _, value in kafka_io.read_span(self.cfg.kafka, self.topics.rewards, since):
-            table = decode_batch(value)
+        for part, offset, value in kafka_io.read_span(self.cfg.kafka, self.topics.rewards, since):
+            table = decode_or_skip(value, "joiner recovery", (part, offset))
+            if table is None:
+                continue
             rids = table.column("request_id").to_pylist()
             fresh = [rid not in first for rid in rids]  # a second copy of a record is skipped
             first.update(rids)
@@ -230,16 +232,25 @@ class Joiner:
     def _commit(self) -> None:
         """The commit order of the module docstring, steps 1–4."""
         self._collect()
-        k = self.cfg.joiner.max_batch_records
+        k, limit = self.cfg.joiner.max_batch_records, self.cfg.joiner.max_batch_bytes
         for part, tables in self.pending.items():  # 1.
             table = pa.concat_tables(tables)
-            for i in range(0, table.num_rows, k):
+            for batch, data in kafka_io.split_by_bytes(table, k, limit):
+                if len(data) > limit:  # one record alone over the limit: refused, not a crash loop
+                    rid = batch.column("request_id")[0].as_py()
+                    self.counts["dead_record_too_big"] += 1
+                    reason = f"record_too_big: {len(data)} bytes encoded, over joiner.max_batch_bytes={limit}"
+                    self.pending_dead.append({"reason": reason, "request_id": rid, "raw": None})
+                    continue
                 self.futures.append(
-                    kafka_io.send_records(
-                        self.producer, self.topics.rewards, part % self.out_parts, table.slice(i, k)
+                    self.producer.send(
+                        self.topics.rewards,
+                        value=data,
+                        partition=part % self.out_parts,
+                        headers=[("content-type", kafka_io.CONTENT_TYPE)],
                     )
                 )
-            self.counts["records_out"] += table.num_rows
+                self.counts["records_out"] += batch.num_rows
         for d in self.pending_dead:
             self.futures.append(self.producer.send(self.topics.dlq, value=orjson.dumps(d)))
         self.counts["dead_out"] += len(self.pending_dead)
@@ -309,6 +320,10 @@ class Joiner:
             "streamrl_joiner_finalized_total": ("Requests finalised, by why", fin),
             "streamrl_joiner_open_requests": ("Requests still open in the join", float(s["open_requests"])),
             "streamrl_joiner_duplicates_total": ("Duplicate events dropped", float(s["duplicates"])),
+            "streamrl_joiner_bad_reward_messages_total": (
+                "Rewards-topic messages skipped on recovery as not streamrl v1 record batches",
+                float(SKIPPED_BATCHES["joiner recovery"]),
+            ),
             "streamrl_joiner_late_events_total": (
                 "Events dead-lettered for arriving after their request was final",
                 float(sum(v for k, v in s.items() if k.startswith("dead_late"))),

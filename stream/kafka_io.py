@@ -25,7 +25,7 @@ from kafka.errors import TopicAlreadyExistsError
 
 from configs.schema import KafkaConfig, TopicsConfig
 from stream.dedup import FirstSeen
-from stream.records import CONTENT_TYPE, Record, decode_batch, encode_batch
+from stream.records import CONTENT_TYPE, Record, decode_or_skip, encode_batch
 
 __all__ = [
     "ConsumerRebalanceListener",
@@ -106,6 +106,22 @@ def send_records(producer: KafkaProducer, topic: str, partition: int, table: pa.
         partition=partition,
         headers=[("content-type", CONTENT_TYPE)],
     )
+
+
+def split_by_bytes(table: pa.Table, max_rows: int, max_bytes: int) -> list[tuple[pa.Table, bytes]]:
+    """The table as encoded batches of at most `max_rows` records and `max_bytes` bytes each (halving
+    a batch until it fits). A single record over `max_bytes` is returned alone: the caller refuses it."""
+    out: list[tuple[pa.Table, bytes]] = []
+    todo = [table.slice(i, max_rows) for i in range(0, table.num_rows, max_rows)]
+    while todo:
+        part = todo.pop(0)
+        data = encode_batch(part)
+        if len(data) <= max_bytes or part.num_rows == 1:
+            out.append((part, data))
+        else:
+            half = part.num_rows // 2
+            todo[:0] = [part.slice(0, half), part.slice(half)]
+    return out
 
 
 def produce_events(producer: KafkaProducer, topics: TopicsConfig, lines: Iterable[bytes]) -> int:
@@ -225,9 +241,11 @@ class RewardReader:
             return
         since = int(time.time() * 1000) - self._lookback_ms
         for part, offset, value in read_span(self.kcfg, self.topic, since):
-            if offset < committed.get(part, 0):
-                for rid in decode_batch(value).column("request_id").to_pylist():
-                    self.seen.first(rid)
+            if offset >= committed.get(part, 0):
+                continue
+            table = decode_or_skip(value, "learner priming", (part, offset))
+            for rid in table.column("request_id").to_pylist() if table is not None else ():
+                self.seen.first(rid)
 
     def poll(self, timeout_ms: int = 500) -> list[Record]:
         out: list[Record] = []
@@ -237,7 +255,8 @@ class RewardReader:
             self.consumer.resume(*assigned)
         for _, msgs in self.consumer.poll(timeout_ms=timeout_ms).items():
             for m in msgs:
-                for rec in decode_batch(m.value).to_pylist():
+                table = decode_or_skip(m.value, "learner", (m.partition, m.offset))
+                for rec in table.to_pylist() if table is not None else ():
                     if self.seen.first(rec["request_id"]):
                         out.append(rec)
         return out

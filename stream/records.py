@@ -17,7 +17,9 @@ messages/s, ../shared/BROKER.md), and the learner and the archiver read it back 
 
 from __future__ import annotations
 
+import logging
 import os
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -162,11 +164,36 @@ def encode_batch(table: pa.Table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def decode_batch(value: bytes) -> pa.Table:
-    table = pa.ipc.open_stream(pa.py_buffer(value)).read_all()
+log = logging.getLogger("streamrl.records")
+
+
+class BadBatch(ValueError):
+    """A rewards-topic message that is not a batch of streamrl v1 records."""
+
+
+# Garbage skipped on the rewards topic in this process, by reader ("joiner recovery", "learner", ...).
+SKIPPED_BATCHES: Counter[str] = Counter()
+
+
+def decode_batch(value: bytes | None) -> pa.Table:
+    try:
+        table = pa.ipc.open_stream(pa.py_buffer(value or b"")).read_all()
+    except (pa.ArrowException, OSError, TypeError, ValueError) as exc:
+        raise BadBatch(f"not an Arrow IPC stream ({type(exc).__name__}: {str(exc)[:200]})") from None
     if not table.schema.equals(RECORD_SCHEMA):
-        raise ValueError(f"rewards message has schema {table.schema}, expected streamrl v1")
+        raise BadBatch(f"rewards message has schema {table.schema}, expected streamrl v1")
     return table
+
+
+def decode_or_skip(value: bytes | None, reader: str, where: object = "") -> pa.Table | None:
+    """`decode_batch`, or None for garbage: counted in SKIPPED_BATCHES[reader] and logged, so one bad
+    message on the rewards topic never stops a reader."""
+    try:
+        return decode_batch(value)
+    except BadBatch as exc:
+        SKIPPED_BATCHES[reader] += 1
+        log.warning("%s: skipped a rewards message %s: %s", reader, where, exc)
+        return None
 
 
 def write_parquet_atomic(table: pa.Table, path: Path) -> None:
