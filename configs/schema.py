@@ -258,6 +258,8 @@ class ServingConfig(Section):
     max_k: int = Field(100, ge=1)  # ops: request bounds
     max_history: int = Field(50, ge=0)
     max_query_chars: int = Field(512, ge=1)
+    max_query_tokens: int = Field(128, ge=1)  # security: over it 400 (prompts clip queries at 128 tokens)
+    idle_timeout_s: float = Field(30.0, gt=0.0)  # security: an idle keep-alive connection is closed
     max_body_bytes: int = Field(65536, ge=256)
     poll_s: float = Field(0.5, gt=0.0)  # ops: how often the server re-reads policy.json and versions
     # Batching (serving/server.py): concurrent /search requests are decoded together by one thread.

@@ -66,8 +66,23 @@ def build_tokenizer(level_sizes: Sequence[int]) -> PreTrainedTokenizerFast:
     return tok
 
 
+MAX_QUERY_TOKENS = 128  # the query's share of a prompt; the rest is history SIDs (history_len × L)
+
+
+def clip_query(query: str, tok: PreTrainedTokenizerBase, max_tokens: int = MAX_QUERY_TOKENS) -> str:
+    """The query cut to its first `max_tokens` tokens and `16 × max_tokens` characters (a 1 MB query
+    never reaches the tokenizer whole, nor the model)."""
+    if len(query) * 4 <= max_tokens:  # a character is at most 4 tokens (4 UTF-8 bytes, byte-level)
+        return query
+    head = query[: max_tokens * 16]
+    ids = tok(head, add_special_tokens=False)["input_ids"]
+    return head if len(ids) <= max_tokens else str(tok.decode(ids[:max_tokens]))
+
+
 def format_prompt(query: str, history_sids: Sequence[Sequence[int]], tok: PreTrainedTokenizerBase) -> str:
-    """A pretrained tokenizer without bos/sep tokens (Qwen, say) gets a newline as separator."""
+    """A pretrained tokenizer without bos/sep tokens (Qwen, say) gets a newline as separator. The
+    query is clipped to MAX_QUERY_TOKENS, the same in training, eval and serving."""
+    query = clip_query(query, tok)
     history = "".join("".join(sid_token(lvl, c) for lvl, c in enumerate(s)) for s in history_sids)
     bos, sep = tok.bos_token or "", tok.sep_token or "\n"
     return f"{bos}query: {query}{sep}history: {history}{sep}sid: "

@@ -171,6 +171,7 @@ def make_server(
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         disable_nagle_algorithm = True  # headers and body are separate writes: no 40 ms delayed-ACK stall
+        timeout = cfg.idle_timeout_s  # a silent connection is closed, not held for ever
 
         def _send(self, code: int, obj: Any, route: str | None = None) -> None:
             metrics.requests.labels(route or self.path.split("?")[0][:32], str(code)).inc()
@@ -228,6 +229,10 @@ def make_server(
                 query, history, k = parse_search(body, cfg)
             except BadRequest as exc:
                 self._send(400, {"error": str(exc)})
+                return
+            n_tokens = len(m.tok(query[: cfg.max_query_tokens * 16], add_special_tokens=False)["input_ids"])
+            if n_tokens > cfg.max_query_tokens:
+                self._send(400, {"error": f"query longer than {cfg.max_query_tokens} tokens"})
                 return
             started = time.perf_counter()
             job = Job(m, prompt_for(m, query, history, history_len), max(cfg.beam, k))
