@@ -215,12 +215,51 @@ def resolve(path: Path) -> Path:
     return latest[0].path
 
 
-def load_for_inference(folder: Path, device: str = "cpu") -> tuple[Any, Any, SidCodebook, SidVocab]:
-    """Model (eval mode), tokenizer, codebook and SID vocabulary of a checkpoint or served version."""
+def load_for_inference(
+    folder: Path, device: str = "cpu", manifest: dict[str, Any] | None = None
+) -> tuple[Any, Any, SidCodebook, SidVocab]:
+    """Model (eval mode), tokenizer, codebook and SID vocabulary of a checkpoint or served version.
+
+    With `manifest` (a server), the weights are read into memory once, checked against the manifest's
+    sha256 from those very bytes, and built from them: nothing is memory-mapped from the folder, so a
+    file copied over or truncated later cannot change or crash a loaded model."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model: Any = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True)
+    if manifest is None:
+        model: Any = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True)
+    else:
+        model = _from_verified_bytes(folder, manifest)
     model = model.to(device).eval()
     tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     book, _ = load_codebook(folder)
     return model, tok, book, SidVocab(tok, level_sizes(book), list(book.sids.values()))
+
+
+def _from_verified_bytes(folder: Path, manifest: dict[str, Any]) -> Any:
+    import hashlib
+
+    from safetensors.torch import load as load_safetensors
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    shards = sorted(
+        name for name in manifest["files"] if name.endswith(".safetensors") and name.startswith("model")
+    )
+    if not shards:
+        raise CheckpointError(f"{folder}: the manifest lists no model*.safetensors")
+    state: dict[str, torch.Tensor] = {}
+    for name in shards:
+        data = (folder / name).read_bytes()
+        if hashlib.sha256(data).hexdigest() != manifest["files"][name]:
+            raise CheckpointError(f"{folder}: {name} does not match its sha256 (changed after the push)")
+        state.update(load_safetensors(data))
+    config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
+    model = AutoModelForCausalLM.from_config(config)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = {k for k in missing if k.endswith("lm_head.weight")} if config.tie_word_embeddings else set()
+    if set(missing) - tied or unexpected:
+        raise CheckpointError(
+            f"{folder}: weights do not fit the config (missing {missing}, unexpected {unexpected})"
+        )
+    if tied:
+        model.tie_weights()
+    return model

@@ -60,6 +60,9 @@ class ServerMetrics:
         self.reload_failures = Counter(
             "streamrl_serve_reload_failures", "versions that failed to load or verify", registry=r
         )
+        self.failing = Gauge(
+            "streamrl_serve_failing_versions", "versions that failed and wait for a retry", registry=r
+        )
         self.startup = Gauge("streamrl_serve_startup_seconds", "process start to first bind", registry=r)
 
 

@@ -55,14 +55,28 @@ class Loaded:
     by_sid: dict[tuple[int, ...], str]
 
 
+@dataclass
+class Failure:
+    reason: str
+    tries: int
+    retry_at: float  # monotonic seconds
+
+
 class ModelHolder:
+    """The version being served. A version that fails to load or verify is reported (/healthz,
+    /version, /metrics) and retried with doubling backoff (serving.poll_s up to RETRY_MAX_S). At start,
+    with nothing loaded, following "latest", the newest version that loads is served instead."""
+
+    RETRY_MAX_S = 300.0
+
     def __init__(self, serving: ServingRoot, poll_s: float, metrics: ServerMetrics | None = None) -> None:
         self.serving = serving
         self.metrics = metrics or ServerMetrics()
         self.metrics.version.set_function(lambda: self.current.version if self.current else 0)
+        self.metrics.failing.set_function(lambda: len(self.failed))
         self.poll_s = poll_s
         self.current: Loaded | None = None
-        self.failed: dict[int, str] = {}
+        self.failed: dict[int, Failure] = {}
         self.pinned = False
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -75,29 +89,51 @@ class ModelHolder:
             except ServingError as exc:
                 log.error("serving policy unreadable, keeping version %s: %s", self._v(), exc)
                 return self.current
-            if target is None or (self.current and self.current.version == target) or target in self.failed:
+            present = set(self.serving.versions())
+            self.failed = {v: f for v, f in self.failed.items() if v in present}  # removed by hand
+            if target is None or (self.current and self.current.version == target):
                 return self.current
-            path = self.serving.version_path(target)
-            try:
-                manifest = verify(path)
-                model, tok, book, vocab = load_for_inference(path)
-            except (CheckpointError, OSError, ValueError) as exc:
-                self.failed[target] = str(exc)
-                self.metrics.reload_failures.inc()
-                log.error("version %d failed to load, still serving %s: %s", target, self._v(), exc)
-                return self.current
-            self.current = Loaded(
-                target,
-                int(manifest["step"]),
-                manifest.get("weights_version"),
-                model,
-                tok,
-                book,
-                vocab,
-                {sid: item for item, sid in book.sids.items()},
-            )
-            log.info("serving version %d (step %d)", target, self.current.step)
+            if self._load(target) is None and self.current is None and not self.pinned:
+                for older in reversed([v for v in self.serving.versions() if v < target]):
+                    if self._load(older) is not None:  # the newest good version, until the newest loads
+                        break
             return self.current
+
+    def _load(self, version: int) -> Loaded | None:
+        failure = self.failed.get(version)
+        if failure is not None and time.monotonic() < failure.retry_at:
+            return None
+        path = self.serving.version_path(version)
+        try:
+            manifest = verify(path)
+            model, tok, book, vocab = load_for_inference(path, manifest=manifest)
+        except (CheckpointError, OSError, ValueError) as exc:
+            tries = failure.tries + 1 if failure else 1
+            wait = min(self.poll_s * 2**tries, self.RETRY_MAX_S)
+            self.failed[version] = Failure(str(exc), tries, time.monotonic() + wait)
+            self.metrics.reload_failures.inc()
+            log.error(
+                "version %d failed to load (try %d, next in %.0f s), serving %s: %s",
+                version,
+                tries,
+                wait,
+                self._v(),
+                exc,
+            )
+            return None
+        self.failed.pop(version, None)
+        self.current = Loaded(
+            version,
+            int(manifest["step"]),
+            manifest.get("weights_version"),
+            model,
+            tok,
+            book,
+            vocab,
+            {sid: item for item, sid in book.sids.items()},
+        )
+        log.info("serving version %d (step %d)", version, self.current.step)
+        return self.current
 
     def _v(self) -> str:
         return str(self.current.version) if self.current else "none"
@@ -124,7 +160,7 @@ class ModelHolder:
             "step": cur.step if cur else None,
             "weights_version": cur.weights_version if cur else None,
             "pinned": self.pinned,
-            "failed": {str(k): v for k, v in self.failed.items()},
+            "failed": {str(k): f.reason for k, f in self.failed.items()},
         }
 
 
@@ -199,9 +235,10 @@ def make_server(
         def do_GET(self) -> None:
             if self.path == "/healthz":
                 cur = holder.current
-                self._send(
-                    200 if cur else 503, {"ok": cur is not None, "version": cur.version if cur else None}
-                )
+                body: dict[str, Any] = {"ok": cur is not None, "version": cur.version if cur else None}
+                if holder.failed:
+                    body["failing"] = {str(k): f.reason for k, f in holder.failed.items()}
+                self._send(200 if cur else 503, body)
             elif self.path == "/version":
                 self._send(200, holder.describe())
             elif self.path == "/metrics":

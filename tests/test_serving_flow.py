@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -158,7 +159,11 @@ def test_damaged_checkpoints_and_versions_are_never_pushed_loaded_or_pinned(worl
     v = get(f"{server}/version")
     assert v["version"] == served and str(bad) in v["failed"]
     with urllib.request.urlopen(f"{server}/metrics", timeout=10) as resp:
-        assert "streamrl_serve_reload_failures_total 1.0" in resp.read().decode()
+        text = resp.read().decode()
+    failures = re.search(r"^streamrl_serve_reload_failures_total (\S+)$", text, re.M)
+    assert failures and float(failures.group(1)) >= 1  # retried with backoff: 1 or 2 tries so far
+    assert "streamrl_serve_failing_versions 1.0" in text
+    assert str(bad) in get(f"{server}/healthz")["failing"]
     proc = cli(world, "rollback", "--to", str(bad), "--reason", "x", ok=False)
     assert proc.returncode == 2 and "fails verification" in proc.stderr
     shutil.rmtree(serving.version_path(bad))
