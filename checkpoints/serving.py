@@ -21,6 +21,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import re
 import shutil
 import socket
 from contextlib import AbstractContextManager
@@ -55,8 +56,17 @@ class ServingError(ValueError):
     """A serving operation refused; nothing was changed."""
 
 
+REPAIR = "repair: streamrl serving repair --reason ..."
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
 class ServingRoot:
     def __init__(self, root: Path, model: str) -> None:
+        if not MODEL_NAME.fullmatch(model):
+            raise ServingError(
+                f"model name {model!r} refused: 1-64 of letters, digits, '_', '.', '-', starting with a "
+                "letter or digit (it names a folder under the serving root)"
+            )
         self.dir = root / model
         self.model = model
 
@@ -75,10 +85,26 @@ class ServingRoot:
         except FileNotFoundError:
             return {"mode": "latest"}
         except (OSError, ValueError) as exc:
-            raise ServingError(f"{self.dir / POLICY}: unreadable: {exc}") from exc
-        if p.get("mode") not in ("latest", "pinned"):
-            raise ServingError(f"{self.dir / POLICY}: mode must be latest or pinned")
+            raise ServingError(
+                f"{self.dir / POLICY}: unreadable: {exc} (repair: streamrl serving repair)"
+            ) from exc
+        if not isinstance(p, dict) or p.get("mode") not in ("latest", "pinned"):
+            raise ServingError(
+                f"{self.dir / POLICY}: mode must be latest or pinned (repair: streamrl serving repair)"
+            )
+        if p["mode"] == "pinned" and (
+            not isinstance(p.get("version"), int) or isinstance(p["version"], bool)
+        ):
+            raise ServingError(
+                f"{self.dir / POLICY}: pinned without a version (repair: streamrl serving repair)"
+            )
         return dict(p)
+
+    def _policy_or_none(self) -> dict[str, Any] | None:
+        try:
+            return self.policy()
+        except ServingError:
+            return None
 
     def held(self) -> bool:
         return self.policy()["mode"] == "pinned"
@@ -188,7 +214,9 @@ class ServingRoot:
                 manifest = verify(self.version_path(version))
             except CheckpointError as exc:
                 raise ServingError(f"version {version} fails verification, not pinned: {exc}") from exc
-            before = self.served()
+            before = (
+                self.served() if self._policy_or_none() is not None else None
+            )  # a damaged one is replaced
             policy = {
                 "mode": "pinned",
                 "version": version,
@@ -218,9 +246,43 @@ class ServingRoot:
 
     def resume(self, reason: str, author: str | None) -> None:
         with self.lock():
-            before = self.policy()
+            before = self._policy_or_none() or {}  # a damaged policy.json is replaced too
             write_json(self.dir / POLICY, {"mode": "latest", "at": now_iso(), "author": author or who()})
             self.record("resume", previous=before.get("version"), reason=reason, author=author or who())
+
+    def repair(self, reason: str, author: str | None) -> dict[str, Any]:
+        """Rewrite a damaged policy.json from the audit trail: the last rollback (if its version still
+        exists and verifies) unless a resume came after it, else latest. Returns the new policy."""
+        with self.lock():
+            damaged = self._policy_or_none() is None
+            policy: dict[str, Any] = {"mode": "latest", "at": now_iso(), "author": author or who()}
+            for entry in reversed(self.history()):
+                if entry.get("action") == "resume":
+                    break
+                if entry.get("action") == "rollback" and isinstance(entry.get("version"), int):
+                    version = entry["version"]
+                    try:
+                        verify(self.version_path(version))
+                    except CheckpointError:
+                        break
+                    keep = ("step", "reason", "author", "reset_learner", "request_id")
+                    policy = {
+                        "mode": "pinned",
+                        "version": version,
+                        "at": now_iso(),
+                        **{k: entry.get(k) for k in keep},
+                    }
+                    break
+            write_json(self.dir / POLICY, policy)
+            self.record(
+                "repair",
+                damaged=damaged,
+                mode=policy["mode"],
+                version=policy.get("version"),
+                reason=reason,
+                author=author or who(),
+            )
+        return policy
 
     def record(self, action: str, **fields: Any) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)

@@ -125,11 +125,16 @@ class ArchiveConfig(Section):
     roll_s: float = Field(30.0, gt=0.0)  # ops: a part file is closed at least this often
 
 
+MAX_WEIGHT = 1000.0  # reward weights, w_item, C&O values: far above any sane setting, far below overflow
+MAX_BONUS = 100.0  # a promotion's bonus per component (the paper's example is +1 relevance)
+
+
 class RewardWeightsConfig(Section):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-    click_order: float = Field(1.0, ge=0.0)  # paper Eq.10; released code: 1.0
-    ctr: float = Field(1.0, ge=0.0)  # paper Eq.10; released code: 1.0
-    relevance: float = Field(1.0, ge=0.0)  # paper Eq.10; released code: 1.0
+    # paper Eq.10; released code: 1.0 each. Bounded (issue #14): a weight of 1e308 overflows the reward
+    click_order: float = Field(1.0, ge=0.0, le=MAX_WEIGHT)
+    ctr: float = Field(1.0, ge=0.0, le=MAX_WEIGHT)
+    relevance: float = Field(1.0, ge=0.0, le=MAX_WEIGHT)
 
 
 class RelevanceConfig(Section):
@@ -251,7 +256,7 @@ class ServingConfig(Section):
     """The serving layout and the reference server (`streamrl serve`); issue #5."""
 
     root: str = "runs/local/serving"  # ops: SERVING_ROOT
-    model: str = "default"  # ops: SERVING_ROOT/MODEL
+    model: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # ops: SERVING_ROOT/MODEL
     host: str = "127.0.0.1"  # security: loopback unless configured
     port: int = Field(8500, ge=0, le=65535)  # ops: 0 = any free port
     beam: int = Field(32, ge=1)  # ops: beam width of /search (results are the top k of it)
@@ -339,9 +344,10 @@ class PromotionBonus(Section):
     """Added to the named reward components (unweighted) of matching items (paper §4.4: +1 relevance)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-    click_order: float = 0.0
-    ctr: float = 0.0
-    relevance: float = 0.0
+    # a bonus promotes: negative values are refused (docs/operations.md), and so are absurd ones
+    click_order: float = Field(0.0, ge=0.0, le=MAX_BONUS)
+    ctr: float = Field(0.0, ge=0.0, le=MAX_BONUS)
+    relevance: float = Field(0.0, ge=0.0, le=MAX_BONUS)
 
 
 class Promotion(Section):
@@ -364,10 +370,10 @@ class RewardsFile(Section):
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     weights: RewardWeightsConfig = RewardWeightsConfig()
-    w_item: float = Field(1.0, ge=0.0)
-    v_click: float = Field(3.0, ge=0.0)
-    v_order: float = Field(4.0, ge=0.0)
-    promotions: list[Promotion] = []
+    w_item: float = Field(1.0, ge=0.0, le=MAX_WEIGHT)
+    v_click: float = Field(3.0, ge=0.0, le=MAX_WEIGHT)
+    v_order: float = Field(4.0, ge=0.0, le=MAX_WEIGHT)
+    promotions: list[Promotion] = Field([], max_length=1000)
 
     @model_validator(mode="after")
     def _unique_names(self) -> RewardsFile:

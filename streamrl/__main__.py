@@ -1,3 +1,3 @@
-from streamrl.cli import app
+from streamrl.cli import main
 
-app()
+main()

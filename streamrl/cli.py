@@ -476,8 +476,23 @@ def demo(
 from streamrl import ops_cli  # noqa: E402,F401 - registers serve, push, rollback, checkpoints, weights
 
 
-def main() -> None:  # pragma: no cover
-    app()
+def main() -> None:
+    """The console entry point. An operator's bad input — a config, weights file, model name, serving
+    policy, checkpoint or init the command refuses — ends in one line on stderr and exit 2, never a
+    traceback; anything else is a bug and keeps its traceback (exit 1)."""
+    from pydantic import ValidationError
+
+    from checkpoints.serving import ServingError
+    from checkpoints.store import CheckpointError
+    from rewards.weights import WeightsError
+    from rl.checkpointing import InitError
+
+    try:
+        app()
+    except (ConfigError, ServingError, CheckpointError, WeightsError, InitError, ValidationError) as exc:
+        first = str(exc).strip().splitlines()
+        console.print(f"[red]refused:[/red] {type(exc).__name__}: {' '.join(first[:3])}")
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -254,6 +254,28 @@ serving_app = typer.Typer(no_args_is_help=True, help="The serving layout.")
 app.add_typer(serving_app, name="serving")
 
 
+@serving_app.command("repair")
+def serving_repair(
+    reason: Annotated[str, typer.Option(help="Why (recorded in history.jsonl).")],
+    author: AuthorOpt = None,
+    serving_root: RootOpt = None,
+    model: ModelOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Rewrite a damaged policy.json from history.jsonl: the last rollback's pin (if no resume came
+    after it and its version still verifies), else latest."""
+    cfg = _config(config, set_)
+    policy = _serving(cfg, serving_root, model).repair(reason, author)
+    _notify(cfg)
+    where = (
+        f"pinned to version {policy['version']}"
+        if policy["mode"] == "pinned"
+        else "following the latest version"
+    )
+    console.print(f"policy.json rewritten: serving is {where}")
+
+
 @serving_app.command("status")
 def serving_status(
     serving_root: RootOpt = None,
