@@ -79,6 +79,25 @@ def fill(folder: Path, learner: Learner, extra: dict[str, Any] | None = None) ->
     (folder / STATE).write_text(json.dumps(state, indent=2, sort_keys=True))
 
 
+def pin_codebook(learner: Learner, run_dir: Path) -> None:
+    """Copy the learner's codebook into RUN_DIR/codebook/<sha256[:16]>/ (once) and read it from there:
+    a learner resumed from a checkpoint must not depend on that checkpoint's folder, which retention
+    deletes (issue #14)."""
+    import os
+
+    digest = sha256_file(learner.codebook_dir / CODEBOOK_FILE)[:16]
+    home = run_dir / "codebook" / digest
+    if not (home / META_FILE).exists():
+        tmp = home.with_name(f".tmp-{digest}-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for name in (CODEBOOK_FILE, CENTROIDS_FILE, META_FILE):
+            shutil.copy2(learner.codebook_dir / name, tmp / name)
+        shutil.rmtree(home, ignore_errors=True)  # a half copy from a crash
+        os.replace(tmp, home)
+    learner.codebook_dir = home
+
+
 def portable_tokenizer_config(folder: Path) -> None:
     """transformers 5.x names its fast tokenizer class `TokenizersBackend`, which 4.x does not know;
     `PreTrainedTokenizerFast` loads the same tokenizer.json in 4.45 through 5.x."""

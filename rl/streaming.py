@@ -44,7 +44,7 @@ from checkpoints.serving import ServingError, ServingRoot
 from checkpoints.store import CheckpointError, CheckpointStore
 from configs.schema import StreamrlConfig
 from rewards.weights import WeightsStore, WeightsWatcher, default_policy
-from rl.checkpointing import new_learner, resolve, save
+from rl.checkpointing import new_learner, pin_codebook, resolve, save
 from rl.gate import heldout_evaluator
 from rl.learner_metrics import publish
 from rl.warm import run_warm_start, warm_records
@@ -88,6 +88,7 @@ class StreamingLearner:
             join=cfg.join,
             anchor_later=cfg.learn.warm_start.enabled and not latest,
         )
+        pin_codebook(self.learner, run_dir)
         if latest:
             log.info("resumed from checkpoint %d (%s)", latest[0].step, latest[0].path)
         self.needs_warm_start = cfg.learn.warm_start.enabled and not latest
@@ -307,6 +308,7 @@ class StreamingLearner:
             log.error("reset to version %d refused, continuing as before: %s", version, exc)
             old.resets_done.add(str(rid))
             return
+        pin_codebook(fresh, self.run_dir)
         fresh.steps = max(old.steps, fresh.steps)  # checkpoint steps only grow
         fresh.resets_done = {*old.resets_done, str(rid)}
         fresh.ctr = old.ctr  # what the stream taught about CTR is not undone by a rollback
