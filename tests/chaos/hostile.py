@@ -22,18 +22,24 @@ def clean() -> list[bytes]:
     return [raw for _, raw in generate(SPEC)]
 
 
-def hostile(lines: list[bytes], query_bytes: int = 1 << 20, big: int = 80) -> dict[str, list[bytes]]:
-    """Each kind of bad event of the table, derived from the clean stream, by the reason it must get."""
+def hostile(
+    lines: list[bytes], query_bytes: int = 1 << 20, big: int = 80, now_ms: int | None = None
+) -> dict[str, list[bytes]]:
+    """Each kind of bad event of the table, derived from the clean stream, by the reason it must get.
+    The future click is a year ahead of the log (replay), or of `now_ms` (the live joiner's clock)."""
     events = [orjson.loads(x) for x in lines]
     clicks = [e for e in events if e["type"] == "click"]
     imps = [e for e in events if e["type"] == "impression"]
+    ahead = (now_ms or clicks[2]["ts_ms"]) + YEAR
     deep = {**clicks[0], "event_id": "deep-1", "extra": 0}
     deep_raw = orjson.dumps(deep)[:-1] + b',"nest":' + b"[" * 1000 + b"]" * 1000 + b"}"
     return {
         "nested deeper than": [deep_raw],
         "$.ts_ms": [orjson.dumps({**clicks[1], "event_id": "overflow-1", "ts_ms": 2**63})],
         "future": [
-            orjson.dumps({**clicks[2], "event_id": "future-1", "ts_ms": clicks[2]["ts_ms"] + YEAR})
+            orjson.dumps(
+                {**clicks[2], "event_id": "future-1", "ts_ms": (now_ms or clicks[2]["ts_ms"]) + YEAR}
+            )
         ],
         "reused_event_id": [
             orjson.dumps({**c, "item_id": c["item_id"] + "-other"})
