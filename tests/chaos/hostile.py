@@ -36,11 +36,7 @@ def hostile(
     return {
         "nested deeper than": [deep_raw],
         "$.ts_ms": [orjson.dumps({**clicks[1], "event_id": "overflow-1", "ts_ms": 2**63})],
-        "future": [
-            orjson.dumps(
-                {**clicks[2], "event_id": "future-1", "ts_ms": (now_ms or clicks[2]["ts_ms"]) + YEAR}
-            )
-        ],
+        "future": [orjson.dumps({**clicks[2], "event_id": "future-1", "ts_ms": ahead})],
         "reused_event_id": [
             orjson.dumps({**c, "item_id": c["item_id"] + "-other"})
             for c in clicks[5:60]  # 55, as found
