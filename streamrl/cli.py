@@ -22,7 +22,7 @@ app = typer.Typer(
     no_args_is_help=True,
     help="streamrl: a streaming TPMA-GRPO trainer for generative search.",
 )
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # a refusal stays one line, whatever the width
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override: section.key=value.")]
@@ -93,7 +93,7 @@ def replay(
         result = run_replay(events, out, cfg.join)
     except ReplayInputError as exc:
         console.print(f"[red]cannot read input:[/red] {exc}")
-        raise typer.Exit(1) from None
+        raise typer.Exit(2) from None
     console.print(_counts_table(f"replay → {out}", dict(result.counts)))
     print(
         json.dumps(
