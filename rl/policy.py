@@ -76,7 +76,10 @@ def clip_query(query: str, tok: PreTrainedTokenizerBase, max_tokens: int = MAX_Q
         return query
     head = query[: max_tokens * 16]
     ids = tok(head, add_special_tokens=False)["input_ids"]
-    return head if len(ids) <= max_tokens else str(tok.decode(ids[:max_tokens]))
+    if len(ids) <= max_tokens:
+        return head
+    # a cut inside a multi-byte character decodes to U+FFFD, which would re-tokenise longer: drop it
+    return str(tok.decode(ids[:max_tokens])).rstrip("\ufffd")
 
 
 def format_prompt(query: str, history_sids: Sequence[Sequence[int]], tok: PreTrainedTokenizerBase) -> str:
