@@ -37,6 +37,10 @@ def publish(sl: StreamingLearner, force: bool = False) -> None:
             "Steps skipped for non-finite loss or rewards",
             float(sl.learner.skipped),
         ),
+        "streamrl_learner_refused_records_total": (
+            "Records refused by the learner (dead-lettered), by reason",
+            {(("reason", k),): float(v) for k, v in sorted(sl.refused.items())},
+        ),
         "streamrl_learner_bad_reward_messages_total": (
             "Rewards-topic messages skipped as not streamrl v1 record batches (logged)",
             float(SKIPPED_BATCHES["learner"] + SKIPPED_BATCHES["learner priming"]),

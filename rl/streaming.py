@@ -33,10 +33,11 @@ import logging
 import random
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pyarrow as pa
 
 from checkpoints.push import push
@@ -99,6 +100,8 @@ class StreamingLearner:
         self.rng = random.Random(seed)
         self.newest = 0
         self.last_saved_step = self.learner.steps
+        self.refused: Counter[str] = Counter()  # records refused, by reason
+        self._dlq: Any = None
         self.tick = threading.Event()  # the scheduler's checkpoint tick
         self.last_metrics: dict[str, float] = {}
         self._next_reset_check = 0.0
@@ -247,9 +250,43 @@ class StreamingLearner:
                 train.append(r)
         return train
 
+    def _admit(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Records the learner cannot use — none shown, or over the join's bounds (a producer other
+        than the joiner) — are refused: counted by reason and dead-lettered (without the record)."""
+        jc = self.cfg.join
+        ok = []
+        for r in records:
+            n_items, query = len(r.get("items") or ()), r.get("query") or ""
+            if not n_items:
+                reason = "no_items: a record without shown items"
+            elif n_items > jc.max_items:
+                reason = f"too_many_items: {n_items} items, over join.max_items={jc.max_items}"
+            elif len(query) > jc.max_query_chars:
+                reason = (
+                    f"query_too_long: {len(query)} characters, over join.max_query_chars={jc.max_query_chars}"
+                )
+            else:
+                ok.append(r)
+                continue
+            self.refused[reason.split(":")[0]] += 1
+            self._dead_letter({"reason": f"learner refused: {reason}", "request_id": r.get("request_id")})
+        return ok
+
+    def _dead_letter(self, letter: dict[str, Any]) -> None:
+        try:
+            if self._dlq is None:
+                from stream import kafka_io
+
+                self._dlq = kafka_io.make_producer(self.cfg.kafka)
+            self._dlq.send(self.cfg.kafka.topics.dlq, value=orjson.dumps(letter))
+        except Exception as exc:  # the count and the log line stay even when the broker does not
+            log.warning("could not dead-letter %s: %r", letter, exc)
+        log.warning("%s", letter["reason"])
+
     def _read(self, records: list[dict[str, Any]]) -> None:
         lc = self.cfg.learn
         self.records_in += len(records)
+        records = self._admit(records)
         train = self._split(records)
         self.learner.observe(train)
         self.buffer.extend(r for r in train if self.learner.usable(r))
@@ -346,4 +383,7 @@ def run_streaming(
     finally:
         sched.shutdown(wait=True)
         reader.close()
+        if sl._dlq is not None:
+            sl._dlq.flush()
+            sl._dlq.close()
         sl.metrics.stop()

@@ -21,12 +21,13 @@ bounded (body bytes, query length, history length, k). Binds 127.0.0.1 unless co
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,14 @@ class Loaded:
     book: Any
     vocab: Any
     by_sid: dict[tuple[int, ...], str]
+    counter: Any = None  # a second tokenizer for the HTTP threads (a fast tokenizer is not thread-safe)
+    counter_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of `text`, from any thread: the decoder thread has `tok` to itself."""
+        with self.counter_lock:
+            tok = self.counter if self.counter is not None else self.tok
+            return len(tok(text, add_special_tokens=False)["input_ids"])
 
 
 @dataclass
@@ -131,6 +140,7 @@ class ModelHolder:
             book,
             vocab,
             {sid: item for item, sid in book.sids.items()},
+            copy.deepcopy(tok),
         )
         log.info("serving version %d (step %d)", version, self.current.step)
         return self.current
@@ -190,8 +200,11 @@ def parse_search(body: bytes, cfg: ServingConfig) -> tuple[str, list[str], int]:
 
 
 def prompt_for(m: Loaded, query: str, history: list[str], history_len: int) -> str:
+    """The prompt, built in an HTTP thread with the lock-guarded copy of the tokenizer (clipping the
+    query tokenises it)."""
     sids = [m.book.sids[h] for h in history[:history_len] if h in m.book.sids]
-    return format_prompt(query, sids, m.tok)
+    with m.counter_lock:
+        return format_prompt(query, sids, m.counter if m.counter is not None else m.tok)
 
 
 def answer(m: Loaded, beams: list[tuple[tuple[int, ...], float]], k: int) -> list[dict[str, Any]]:
@@ -267,7 +280,7 @@ def make_server(
             except BadRequest as exc:
                 self._send(400, {"error": str(exc)})
                 return
-            n_tokens = len(m.tok(query[: cfg.max_query_tokens * 16], add_special_tokens=False)["input_ids"])
+            n_tokens = m.count_tokens(query[: cfg.max_query_tokens * 16])
             if n_tokens > cfg.max_query_tokens:
                 self._send(400, {"error": f"query longer than {cfg.max_query_tokens} tokens"})
                 return

@@ -4,6 +4,7 @@ a stuck decoder 504; /metrics reports requests, batch sizes and the loaded versi
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 import re
@@ -34,7 +35,7 @@ def loaded() -> Loaded:
     model = build_model(tok, PolicyShape(hidden=32, layers=1, heads=2, intermediate=64)).eval()
     book = SimpleNamespace(sids={f"i{n}": s for n, s in enumerate(sids)})
     by_sid = {s: i for i, s in book.sids.items()}
-    return Loaded(1, 10, 0, model, tok, book, SidVocab(tok, LEVELS, sids), by_sid)
+    return Loaded(1, 10, 0, model, tok, book, SidVocab(tok, LEVELS, sids), by_sid, copy.deepcopy(tok))
 
 
 def start(tmp: Path, cfg: ServingConfig, batcher: Batcher | None = None) -> tuple[str, Any, ModelHolder]:

@@ -59,3 +59,25 @@ def test_prompts_stay_bounded_whatever_the_query() -> None:
         prompt = format_prompt(query, [(1, 2, 3)] * 5, tok)
         ids = tok(prompt, add_special_tokens=False)["input_ids"]
         assert len(ids) <= empty + MAX_QUERY_TOKENS  # the template and history, plus the clipped query
+
+
+def test_the_streaming_learner_refuses_records_it_cannot_use() -> None:
+    from collections import Counter
+    from types import SimpleNamespace
+
+    from configs import load_config
+    from rl.streaming import StreamingLearner
+
+    letters: list[dict] = []
+    fake = SimpleNamespace(cfg=load_config(), refused=Counter(), _dead_letter=letters.append)
+    ok = {"request_id": "ok", "query": "q", "items": [{"item_id": "i"}]}
+    records = [
+        ok,
+        {"request_id": "none", "query": "q", "items": []},
+        {"request_id": "many", "query": "q", "items": [{"item_id": str(i)} for i in range(501)]},
+        {"request_id": "long", "query": "q" * 1_000_000, "items": [{"item_id": "i"}]},
+    ]
+    assert StreamingLearner._admit(fake, records) == [ok]  # type: ignore[arg-type]
+    assert fake.refused == {"no_items": 1, "too_many_items": 1, "query_too_long": 1}
+    assert [d["request_id"] for d in letters] == ["none", "many", "long"]
+    assert all(d["reason"].startswith("learner refused: ") for d in letters)
