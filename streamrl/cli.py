@@ -475,21 +475,20 @@ def demo(
 
 from streamrl import ops_cli  # noqa: E402,F401 - registers serve, push, rollback, checkpoints, weights
 
+# The refusals an operator's bad input raises (all ValueErrors), matched by name so that `main` does
+# not import the modules (rl/ pulls in torch) before a command needs them.
+REFUSALS = {"ConfigError", "ServingError", "CheckpointError", "WeightsError", "InitError", "ValidationError"}
+
 
 def main() -> None:
     """The console entry point. An operator's bad input — a config, weights file, model name, serving
     policy, checkpoint or init the command refuses — ends in one line on stderr and exit 2, never a
     traceback; anything else is a bug and keeps its traceback (exit 1)."""
-    from pydantic import ValidationError
-
-    from checkpoints.serving import ServingError
-    from checkpoints.store import CheckpointError
-    from rewards.weights import WeightsError
-    from rl.checkpointing import InitError
-
     try:
         app()
-    except (ConfigError, ServingError, CheckpointError, WeightsError, InitError, ValidationError) as exc:
+    except ValueError as exc:
+        if not any(c.__name__ in REFUSALS for c in type(exc).__mro__):
+            raise
         first = str(exc).strip().splitlines()
         console.print(f"[red]refused:[/red] {type(exc).__name__}: {' '.join(first[:3])}")
         raise SystemExit(2) from None
