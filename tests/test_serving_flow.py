@@ -20,7 +20,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
-from tiny_world import TINY_LEARN, build_tiny_world
+from tiny_world import TINY_LEARN, build_tiny_world, start_server
 
 from checkpoints.push import push
 from checkpoints.serving import ServingRoot
@@ -82,14 +82,7 @@ def wait_version(base: str, version: int, within_s: float) -> float:
 def server(world: Path) -> Iterator[str]:
     learn(world, 2)
     cli(world, "push")  # version 1 exists before the server starts
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamrl", "serve", "--port", "0", *_sets(world)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert proc.stdout is not None
-    hello = json.loads(proc.stdout.readline())
+    proc, hello = start_server(_sets(world))
     assert hello["version"] == 1 and 0 < hello["startup_s"] < 300  # reported (bench/serving.py times it)
     yield hello["serving"]
     proc.terminate()

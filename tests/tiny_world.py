@@ -3,9 +3,11 @@ tests (offline and streaming) that need real records and a real codebook in seco
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 TINY_WORLD = """
 seed: 3
@@ -67,3 +69,15 @@ def build_tiny_world(tmp: Path) -> None:
         "--unique",
         "2x8",
     )
+
+
+def start_server(sets: list[str]) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    """`streamrl serve --port 0` with `--set` pairs; returns the process and its first JSON line."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamrl", "serve", "--port", "0", *sets],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    return proc, json.loads(proc.stdout.readline())

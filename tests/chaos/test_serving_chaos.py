@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tiny_world import TINY_LEARN, build_tiny_world
+from tiny_world import TINY_LEARN, build_tiny_world, start_server
 
 from checkpoints.serving import ServingRoot
 from checkpoints.store import CheckpointStore
@@ -38,14 +38,8 @@ def _cli(tmp: Path, *args: str) -> None:
 
 
 def _serve(tmp: Path) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamrl", "serve", "--port", "0", *_sets(tmp)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert proc.stdout is not None
-    return proc, json.loads(proc.stdout.readline())["serving"]
+    proc, hello = start_server(_sets(tmp))
+    return proc, hello["serving"]
 
 
 def _post(url: str, body: dict[str, Any], timeout: float = 60) -> tuple[int, dict[str, Any]]:
