@@ -24,6 +24,24 @@ app = typer.Typer(
 )
 console = Console(stderr=True, soft_wrap=True)  # a refusal stays one line, whatever the width
 
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        print(f"streamrl {version('streamrl')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    show_version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """streamrl: a streaming TPMA-GRPO trainer for generative search."""
+
+
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override: section.key=value.")]
 
@@ -411,7 +429,8 @@ def learn(
     except (ValueError, OSError, WeightsError, CheckpointError) as exc:
         console.print(f"[red]refused:[/red] {exc}")
         raise typer.Exit(2) from None
-    console.print(f"checkpoint {summary['checkpoint']}: {json.dumps(summary)}")
+    print(json.dumps(summary), flush=True)  # the last stdout line: the run's summary, one JSON line
+    console.print(f"checkpoint {summary['checkpoint']}")
 
 
 @app.command()

@@ -41,7 +41,8 @@ def _refuse(msg: object) -> None:
 
 
 def _print(obj: Any) -> None:
-    print(json.dumps(obj, indent=2, default=str))
+    """`--json` output: one line, so `... --json | tail -1 | jq` and line-based tools just work."""
+    print(json.dumps(obj, default=str), flush=True)
 
 
 # -- serve ----------------------------------------------------------------------------------------
@@ -356,7 +357,7 @@ def weights_show(as_json: JsonOpt = False, config: ConfigOpt = None, set_: SetOp
     if as_json:
         _print(out)
     else:
-        console.print_json(json.dumps(out, default=str))
+        console.print_json(json.dumps(out, default=str))  # the human view: indented
 
 
 @weights_app.command("apply")

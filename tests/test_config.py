@@ -78,3 +78,12 @@ def test_push_needs_a_trigger_and_a_valid_cron(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cron"):
         load_config(overrides=["push.cron=not a cron"])
     assert load_config(overrides=["push.cron='*/10 * * * *'"]).push.cron == "*/10 * * * *"
+
+
+def test_cli_prints_its_version() -> None:
+    import subprocess
+    import sys
+    from importlib.metadata import version
+
+    proc = subprocess.run([sys.executable, "-m", "streamrl", "--version"], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == f"streamrl {version('streamrl')}"

@@ -117,7 +117,9 @@ def test_push_serve_rollback_resume(world: Path, server: str) -> None:
     cli(world, "push", "resume", "--reason", "v2 was fine after all")
     assert wait_version(server, 2, 2.0) < 2.0  # latest again (step 4 was never pushed)
 
-    status = json.loads(cli(world, "serving", "status", "--json").stdout)
+    out = cli(world, "serving", "status", "--json").stdout
+    assert len(out.strip().splitlines()) == 1  # --json prints one line
+    status = json.loads(out)
     assert status["served_version"] == 2 and not status["held"]
     assert [v["step"] for v in status["versions"]] == [2, 3]
     actions = [h["action"] for h in serving.history()]

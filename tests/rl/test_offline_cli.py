@@ -26,7 +26,9 @@ def test_offline_learn_and_eval(tmp_path: Path) -> None:
         *sets,
     )
     logged = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
-    assert logged and all(v == v for v in logged[-1].values())  # finite (no NaN)
+    assert logged and all(v == v for v in logged[-2].values())  # finite (no NaN)
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])  # the summary: the last line, one JSON line
+    assert summary["checkpoint"].endswith("0000000004") and summary["steps"] == 4
     ckpt = out / "checkpoints" / "0000000004"  # the store's layout (checkpoints/store.py)
     model = AutoModelForCausalLM.from_pretrained(str(ckpt), local_files_only=True)  # HF format
     assert model.config.vocab_size > 256
