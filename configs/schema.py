@@ -320,7 +320,28 @@ class StreamrlConfig(Section):
     def _check(self) -> StreamrlConfig:
         if self.kafka.heartbeat_interval_ms * 3 > self.kafka.session_timeout_ms:
             raise ValueError("kafka.heartbeat_interval_ms must be at most a third of session_timeout_ms")
+        self._own_ports()
         return self
+
+    def _own_ports(self) -> None:
+        """Each process of one host gets its own port (joiner i of `streamrl run` takes
+        metrics.joiner_port + i): a clash is refused with both names (0 = no endpoint)."""
+        m = self.metrics
+        ports: dict[int, str] = {}
+        named = [("metrics.supervisor_port", m.supervisor_port), ("serving.port", self.serving.port)]
+        named += [
+            (f"joiner {i} (metrics.joiner_port + {i})", m.joiner_port + i if m.joiner_port else 0)
+            for i in range(max(self.run.joiners, 1))
+        ]
+        named.append(("metrics.learner_port", m.learner_port))
+        for name, port in named:
+            if not port:
+                continue
+            if port in ports:
+                raise ValueError(
+                    f"port {port} is both {ports[port]} and {name}: give each process its own port"
+                )
+            ports[port] = name
 
 
 # -- reward weights and promotions (configs/rewards.yaml; versioned by rewards/weights.py) ----------

@@ -87,3 +87,21 @@ def test_cli_prints_its_version() -> None:
 
     proc = subprocess.run([sys.executable, "-m", "streamrl", "--version"], capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout.strip() == f"streamrl {version('streamrl')}"
+
+
+def test_each_process_gets_its_own_port() -> None:
+    import re
+
+    import pytest
+
+    from configs import ConfigError, load_config
+
+    load_config()  # the defaults: 9100 supervisor, 9101 joiner, 9102 learner, 8500 serving
+    clash = "port 9102 is both joiner 1 (metrics.joiner_port + 1) and metrics.learner_port"
+    with pytest.raises(ConfigError, match=re.escape(clash)):
+        load_config(overrides=["run.joiners=2"])  # what the production example used to ship
+    with pytest.raises(ConfigError, match=re.escape("metrics.supervisor_port and serving.port")):
+        load_config(overrides=["serving.port=9100"])
+    load_config(overrides=["run.joiners=2", "metrics.joiner_port=9111"])
+    load_config(overrides=["run.joiners=2", "metrics.joiner_port=0"])  # no joiner endpoints: no clash
+    load_config(path=Path(__file__).resolve().parents[1] / "configs" / "production.example.yaml")
