@@ -85,19 +85,12 @@ class ServingRoot:
         except FileNotFoundError:
             return {"mode": "latest"}
         except (OSError, ValueError) as exc:
-            raise ServingError(
-                f"{self.dir / POLICY}: unreadable: {exc} (repair: streamrl serving repair)"
-            ) from exc
+            raise ServingError(f"{self.dir / POLICY}: unreadable: {exc} ({REPAIR})") from exc
         if not isinstance(p, dict) or p.get("mode") not in ("latest", "pinned"):
-            raise ServingError(
-                f"{self.dir / POLICY}: mode must be latest or pinned (repair: streamrl serving repair)"
-            )
-        if p["mode"] == "pinned" and (
-            not isinstance(p.get("version"), int) or isinstance(p["version"], bool)
-        ):
-            raise ServingError(
-                f"{self.dir / POLICY}: pinned without a version (repair: streamrl serving repair)"
-            )
+            raise ServingError(f"{self.dir / POLICY}: mode must be latest or pinned ({REPAIR})")
+        version = p.get("version")
+        if p["mode"] == "pinned" and (not isinstance(version, int) or isinstance(version, bool)):
+            raise ServingError(f"{self.dir / POLICY}: pinned without a version ({REPAIR})")
         return dict(p)
 
     def _policy_or_none(self) -> dict[str, Any] | None:
@@ -214,9 +207,8 @@ class ServingRoot:
                 manifest = verify(self.version_path(version))
             except CheckpointError as exc:
                 raise ServingError(f"version {version} fails verification, not pinned: {exc}") from exc
-            before = (
-                self.served() if self._policy_or_none() is not None else None
-            )  # a damaged one is replaced
+            # a damaged policy.json is replaced, not an obstacle
+            before = self.served() if self._policy_or_none() is not None else None
             policy = {
                 "mode": "pinned",
                 "version": version,

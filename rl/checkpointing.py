@@ -12,6 +12,7 @@ Files written into the store's temp folder (checkpoints/store.py adds manifest.j
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -36,8 +37,6 @@ from rewards.weights import RewardPolicy
 from rl.learner import Learner
 from rl.policy import SidVocab, load_pretrained
 from rl.sid import CENTROIDS_FILE, CODEBOOK_FILE, META_FILE, SidCodebook, level_sizes, load_codebook
-
-STATE = LEARNER_STATE
 
 
 def item_tables(folder: Path) -> tuple[dict[str, tuple[str, ...]], dict[str, str]]:
@@ -76,15 +75,13 @@ def fill(folder: Path, learner: Learner, extra: dict[str, Any] | None = None) ->
         "resets_done": sorted(learner.resets_done),
         **(extra or {}),
     }
-    (folder / STATE).write_text(json.dumps(state, indent=2, sort_keys=True))
+    (folder / LEARNER_STATE).write_text(json.dumps(state, indent=2, sort_keys=True))
 
 
 def pin_codebook(learner: Learner, run_dir: Path) -> None:
     """Copy the learner's codebook into RUN_DIR/codebook/<sha256[:16]>/ (once) and read it from there:
     a learner resumed from a checkpoint must not depend on that checkpoint's folder, which retention
     deletes (issue #14)."""
-    import os
-
     digest = sha256_file(learner.codebook_dir / CODEBOOK_FILE)[:16]
     home = run_dir / "codebook" / digest
     if not (home / META_FILE).exists():
@@ -202,8 +199,8 @@ def restore_state(learner: Learner, folder: Path, counters: bool = True) -> None
     if counters and (folder / OPTIMIZER).exists():
         state = torch.load(folder / OPTIMIZER, map_location=learner.device, weights_only=True)
         learner.opt.load_state_dict(state)
-    if (folder / STATE).exists():
-        s = json.loads((folder / STATE).read_text())
+    if (folder / LEARNER_STATE).exists():
+        s = json.loads((folder / LEARNER_STATE).read_text())
         if "ctr_clock" in s and (folder / CTR_STATE).exists():
             import pyarrow.compute as pc
 
@@ -254,15 +251,18 @@ def load_for_inference(
     return model, tok, book, SidVocab(tok, level_sizes(book), list(book.sids.values()))
 
 
+def is_weights_file(rel: str) -> bool:
+    """model.safetensors or a shard of it (model-00001-of-00002.safetensors)."""
+    return rel.startswith("model") and rel.endswith(".safetensors")
+
+
 def _from_verified_bytes(folder: Path, manifest: dict[str, Any]) -> Any:
     import hashlib
 
     from safetensors.torch import load as load_safetensors
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    shards = sorted(
-        name for name in manifest["files"] if name.endswith(".safetensors") and name.startswith("model")
-    )
+    shards = sorted(filter(is_weights_file, manifest["files"]))
     if not shards:
         raise CheckpointError(f"{folder}: the manifest lists no model*.safetensors")
     state: dict[str, torch.Tensor] = {}

@@ -17,14 +17,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from checkpoints.store import CheckpointStore
+from checkpoints.store import LEARNER_ONLY, MANIFEST, CheckpointStore
 from configs.schema import JoinConfig, LearnConfig
 from rewards.weights import RewardPolicy
-from rl.checkpointing import CTR_STATE, OPTIMIZER, STATE, level_sizes, new_learner, resolve, save
+from rl.checkpointing import level_sizes, new_learner, resolve, save
 from stream.records import read_records
 
 __all__ = ["level_sizes", "load_records", "run_offline"]
-NOT_EXPORTED = {OPTIMIZER, STATE, CTR_STATE, "manifest.json"}  # training state stays in the store
+NOT_EXPORTED = LEARNER_ONLY | {MANIFEST}  # training state stays in the store
 
 
 def load_records(folder: Path) -> list[dict[str, Any]]:

@@ -82,10 +82,14 @@ def clip_query(query: str, tok: PreTrainedTokenizerBase, max_tokens: int = MAX_Q
     return str(tok.decode(ids[:max_tokens])).rstrip("\ufffd")
 
 
-def format_prompt(query: str, history_sids: Sequence[Sequence[int]], tok: PreTrainedTokenizerBase) -> str:
+def format_prompt(
+    query: str, history_sids: Sequence[Sequence[int]], tok: PreTrainedTokenizerBase, clip: bool = True
+) -> str:
     """A pretrained tokenizer without bos/sep tokens (Qwen, say) gets a newline as separator. The
-    query is clipped to MAX_QUERY_TOKENS, the same in training, eval and serving."""
-    query = clip_query(query, tok)
+    query is clipped to MAX_QUERY_TOKENS, the same in training, eval and serving (`clip=False`: the
+    caller has counted the query's tokens and knows it fits)."""
+    if clip:
+        query = clip_query(query, tok)
     history = "".join("".join(sid_token(lvl, c) for lvl, c in enumerate(s)) for s in history_sids)
     bos, sep = tok.bos_token or "", tok.sep_token or "\n"
     return f"{bos}query: {query}{sep}history: {history}{sep}sid: "

@@ -37,8 +37,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from checkpoints.serving import ServingError, ServingRoot
 from checkpoints.store import CheckpointError, verify
 from configs.schema import ServingConfig
-from rl.checkpointing import load_for_inference
-from rl.policy import format_prompt
+from rl.checkpointing import is_weights_file, load_for_inference
+from rl.policy import MAX_QUERY_TOKENS, format_prompt
 from serving.batcher import Batcher, Job, ServerMetrics
 
 log = logging.getLogger("streamrl.serve")
@@ -56,12 +56,6 @@ class Loaded:
     by_sid: dict[tuple[int, ...], str]
     counter: Any = None  # a second tokenizer for the HTTP threads (a fast tokenizer is not thread-safe)
     counter_lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def count_tokens(self, text: str) -> int:
-        """Tokens of `text`, from any thread: the decoder thread has `tok` to itself."""
-        with self.counter_lock:
-            tok = self.counter if self.counter is not None else self.tok
-            return len(tok(text, add_special_tokens=False)["input_ids"])
 
 
 @dataclass
@@ -114,7 +108,7 @@ class ModelHolder:
             return None
         path = self.serving.version_path(version)
         try:
-            manifest = verify(path)
+            manifest = verify(path, is_weights_file)  # the weights: hashed from the bytes loaded
             model, tok, book, vocab = load_for_inference(path, manifest=manifest)
         except (CheckpointError, OSError, ValueError) as exc:
             tries = failure.tries + 1 if failure else 1
@@ -199,12 +193,18 @@ def parse_search(body: bytes, cfg: ServingConfig) -> tuple[str, list[str], int]:
     return query, history, k
 
 
-def prompt_for(m: Loaded, query: str, history: list[str], history_len: int) -> str:
-    """The prompt, built in an HTTP thread with the lock-guarded copy of the tokenizer (clipping the
-    query tokenises it)."""
+def prompt_for(m: Loaded, query: str, history: list[str], history_len: int, max_tokens: int) -> str:
+    """The prompt, built in an HTTP thread with the lock-guarded copy of the tokenizer (the decoder
+    thread has `tok` to itself). The query is tokenised once: BadRequest over `max_tokens`, and
+    clipped to the prompts' MAX_QUERY_TOKENS only when it is longer."""
     sids = [m.book.sids[h] for h in history[:history_len] if h in m.book.sids]
     with m.counter_lock:
-        return format_prompt(query, sids, m.counter if m.counter is not None else m.tok)
+        tok = m.counter if m.counter is not None else m.tok
+        n = len(tok(query[: max_tokens * 16], add_special_tokens=False)["input_ids"])
+        if n > max_tokens:
+            raise BadRequest(f"query longer than {max_tokens} tokens")
+        whole = len(query) <= max_tokens * 16  # the count saw all of it
+        return format_prompt(query, sids, tok, clip=n > MAX_QUERY_TOKENS or not whole)
 
 
 def answer(m: Loaded, beams: list[tuple[tuple[int, ...], float]], k: int) -> list[dict[str, Any]]:
@@ -280,12 +280,13 @@ def make_server(
             except BadRequest as exc:
                 self._send(400, {"error": str(exc)})
                 return
-            n_tokens = m.count_tokens(query[: cfg.max_query_tokens * 16])
-            if n_tokens > cfg.max_query_tokens:
-                self._send(400, {"error": f"query longer than {cfg.max_query_tokens} tokens"})
+            try:
+                prompt = prompt_for(m, query, history, history_len, cfg.max_query_tokens)
+            except BadRequest as exc:
+                self._send(400, {"error": str(exc)})
                 return
             started = time.perf_counter()
-            job = Job(m, prompt_for(m, query, history, history_len), max(cfg.beam, k))
+            job = Job(m, prompt, max(cfg.beam, k))
             if not decoder.submit(job):
                 self._send(503, {"error": f"server busy: {cfg.max_queue} requests already waiting"})
                 return
