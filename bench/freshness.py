@@ -27,12 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rich.console import Console
 
-from checkpoints.serving import ServingRoot
-from checkpoints.store import read_manifest
-from configs.schema import StreamrlConfig
-from stream import kafka_io
-from stream.records import decode_batch
+from streamrl.checkpoints.serving import ServingRoot
+from streamrl.checkpoints.store import read_manifest
+from streamrl.configs.schema import StreamrlConfig
 from streamrl.demo import Traffic, run_demo
+from streamrl.stream import kafka_io
+from streamrl.stream.records import decode_batch
 
 
 def main() -> None:

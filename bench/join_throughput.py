@@ -19,12 +19,12 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from configs import StreamrlConfig, load_config
-from stream import kafka_io
-from stream.broker import LocalBroker
-from stream.events import decode_event
-from stream.join import Enricher, JoinState, Source
-from stream.synthetic import SynthSpec, generate
+from streamrl.configs import StreamrlConfig, load_config
+from streamrl.stream import kafka_io
+from streamrl.stream.broker import LocalBroker
+from streamrl.stream.events import decode_event
+from streamrl.stream.join import Enricher, JoinState, Source
+from streamrl.stream.synthetic import SynthSpec, generate
 
 
 def produce(cfg: StreamrlConfig, n_events: int) -> int:
@@ -63,7 +63,7 @@ def raw_consume(cfg: StreamrlConfig, n: int, group: str) -> float:
 def join_consume(cfg: StreamrlConfig, n: int) -> tuple[float, int]:
     """The joiner's own loop (`Joiner.step`) until every input partition is read to its high
     watermark, then end of input (open requests finalised, as replay does) and a last commit."""
-    from stream.joiner import Joiner
+    from streamrl.stream.joiner import Joiner
 
     joiner = Joiner(cfg)
     joiner.setup()

@@ -26,10 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from configs import load_config
-from rl.checkpointing import new_learner
-from rl.offline import load_records
-from rl.policy import sid_token
+from streamrl.configs import load_config
+from streamrl.rl.checkpointing import new_learner
+from streamrl.rl.offline import load_records
+from streamrl.rl.policy import sid_token
 
 
 def bench_streamrl(train: Path, sids: Path, args: argparse.Namespace) -> tuple[float, Any, Any, list[str]]:

@@ -40,14 +40,14 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from configs import load_config  # noqa: E402
-from rl.checkpointing import load_for_inference, resolve  # noqa: E402
-from rl.evaluate import evaluate  # noqa: E402
-from rl.offline import load_records, run_offline  # noqa: E402
-from sim.output import TruthWriter, to_file  # noqa: E402
-from sim.simulate import Simulator  # noqa: E402
-from sim.world import build_world, load_world_config  # noqa: E402
-from stream.replay import replay  # noqa: E402
+from streamrl.configs import load_config  # noqa: E402
+from streamrl.rl.checkpointing import load_for_inference, resolve  # noqa: E402
+from streamrl.rl.evaluate import evaluate  # noqa: E402
+from streamrl.rl.offline import load_records, run_offline  # noqa: E402
+from streamrl.sim.output import TruthWriter, to_file  # noqa: E402
+from streamrl.sim.simulate import Simulator  # noqa: E402
+from streamrl.sim.world import build_world, load_world_config  # noqa: E402
+from streamrl.stream.replay import replay  # noqa: E402
 
 WARM = {"lr": load_config().learn.warm_start.lr}  # the warm start's own learning rate
 ARMS = ("untrained", "warm", "sft", "grpo", "tpma")

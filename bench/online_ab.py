@@ -27,8 +27,8 @@ from rich.console import Console
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sim.closed_loop import ci_text  # noqa: E402
 from streamrl.demo import WORLD, Traffic, _live_s, run_demo  # noqa: E402
+from streamrl.sim.closed_loop import ci_text  # noqa: E402
 
 
 def main() -> None:

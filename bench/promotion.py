@@ -22,12 +22,12 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.learning import prepare
-from configs import load_config
-from rewards.weights import RewardPolicy, parse_rewards
-from rl.checkpointing import load_for_inference, resolve
-from rl.decode import beam_search
-from rl.offline import load_records, run_offline
-from rl.policy import format_prompt
+from streamrl.configs import load_config
+from streamrl.rewards.weights import RewardPolicy, parse_rewards
+from streamrl.rl.checkpointing import load_for_inference, resolve
+from streamrl.rl.decode import beam_search
+from streamrl.rl.offline import load_records, run_offline
+from streamrl.rl.policy import format_prompt
 
 
 def rewards_file(merchants: list[str], start: str, end: str, bonus: float) -> str:

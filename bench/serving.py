@@ -41,12 +41,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from checkpoints.serving import ServingRoot  # noqa: E402
-from checkpoints.store import CheckpointStore  # noqa: E402
-from rl.checkpointing import load_for_inference  # noqa: E402
-from rl.hf_compat import cached_forward, select_rows  # noqa: E402
-from rl.offline import load_records  # noqa: E402
-from rl.policy import _positions, format_prompt  # noqa: E402
+from streamrl.checkpoints.serving import ServingRoot  # noqa: E402
+from streamrl.checkpoints.store import CheckpointStore  # noqa: E402
+from streamrl.rl.checkpointing import load_for_inference  # noqa: E402
+from streamrl.rl.hf_compat import cached_forward, select_rows  # noqa: E402
+from streamrl.rl.offline import load_records  # noqa: E402
+from streamrl.rl.policy import _positions, format_prompt  # noqa: E402
 
 CLI = [sys.executable, "-m", "streamrl"]
 
@@ -147,7 +147,7 @@ def batches(port: int) -> tuple[float, float]:
 
 def generate_ms(model: Any, tok: Any, book: Any, vocab: Any, prompts: list[str], beam: int) -> list[float]:
     """Stock transformers: generate with prefix_allowed_tokens_fn walking the codebook trie."""
-    from rl.policy import sid_token
+    from streamrl.rl.policy import sid_token
 
     L = vocab.L
     trie: dict[tuple[int, ...], list[int]] = {}

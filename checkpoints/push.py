@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from checkpoints.serving import ServingRoot
-from checkpoints.store import Checkpoint, CheckpointError, CheckpointStore, read_manifest, verify
+from streamrl.checkpoints.serving import ServingRoot
+from streamrl.checkpoints.store import Checkpoint, CheckpointError, CheckpointStore, read_manifest, verify
 
 log = logging.getLogger("streamrl.push")
 Evaluate = Callable[[Path], dict[str, float] | None]
@@ -44,6 +44,8 @@ class PushResult:
     step: int | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     notified: bool | None = None
+    # pushed | refused (the gate or a check said no) | held (serving pinned) | skipped (nothing new)
+    outcome: str = "skipped"
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -81,7 +83,9 @@ def push(
         pinned = serving.policy().get("version")
         serving.record("held_push", reason=f"serving is pinned to version {pinned}", trigger=trigger)
         return PushResult(
-            False, f"held: serving is pinned to version {pinned} (streamrl push resume lifts it)"
+            False,
+            f"held: serving is pinned to version {pinned} (streamrl push resume lifts it)",
+            outcome="held",
         )
     ckpts = store.checkpoints()
     if step is not None:
@@ -126,7 +130,7 @@ def _gate_and_copy(
     def refuse(reason: str, metrics: dict[str, Any] | None = None) -> PushResult:
         serving.record("refused_push", step=ckpt.step, reason=reason, trigger=trigger, metrics=metrics or {})
         log.error("push of step %d refused: %s", ckpt.step, reason)
-        return PushResult(False, reason, step=ckpt.step, metrics=metrics or {})
+        return PushResult(False, reason, step=ckpt.step, metrics=metrics or {}, outcome="refused")
 
     try:
         manifest = verify(ckpt.path)
@@ -143,7 +147,7 @@ def _gate_and_copy(
     version = serving.push(
         ckpt.path, {"trigger": trigger, "metrics": {**manifest.get("metrics", {}), **metrics}}
     )
-    result = PushResult(True, "pushed", version, ckpt.step, metrics)
+    result = PushResult(True, "pushed", version, ckpt.step, metrics, outcome="pushed")
     if notify_url:
         result.notified = notify(serving, notify_url, version, verify_timeout_s)
     log.info("pushed step %d as version %d", ckpt.step, version)

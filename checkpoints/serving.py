@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from checkpoints.files import (
+from streamrl.checkpoints.files import (
     append_jsonl,
     folder_lock,
     fsync_dir,
@@ -38,7 +38,7 @@ from checkpoints.files import (
     read_jsonl,
     write_json,
 )
-from checkpoints.store import LEARNER_ONLY, MANIFEST, CheckpointError, verify
+from streamrl.checkpoints.store import LEARNER_ONLY, MANIFEST, CheckpointError, verify
 
 POLICY = "policy.json"
 HISTORY = "history.jsonl"

@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from checkpoints.files import folder_lock, fsync_dir, fsync_tree, make_readable, sha256_file
+from streamrl.checkpoints.files import folder_lock, fsync_dir, fsync_tree, make_readable, sha256_file
 
 MANIFEST = "manifest.json"
 CODEBOOK = "sid_codebook.parquet"

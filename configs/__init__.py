@@ -1,7 +1,7 @@
 """Typed configuration (pydantic) and the YAML files that hold its values."""
 
-from configs.loader import ConfigError, load_config
-from configs.schema import (
+from streamrl.configs.loader import ConfigError, load_config
+from streamrl.configs.schema import (
     ArchiveConfig,
     CtrConfig,
     JoinConfig,

@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from configs.schema import StreamrlConfig
+from streamrl.configs.schema import StreamrlConfig
 
 DEFAULT_PATH = Path(__file__).with_name("default.yaml")
 

@@ -301,6 +301,9 @@ class MetricsConfig(Section):
     joiner_port: int = Field(9101, ge=0, le=65535)  # ops: `streamrl join`; 0 = no endpoint
     learner_port: int = Field(9102, ge=0, le=65535)  # ops: `streamrl learn`; 0 = no endpoint
     publish_s: float = Field(1.0, gt=0.0)  # ops: how often a process refreshes its snapshot
+    # ops: /healthz answers 503 when the loop's last refresh is older than this (a hung loop); above the
+    # longest pause a healthy loop takes (a learner step, a checkpoint with its push gate)
+    stale_after_s: float = Field(300.0, gt=0.0)
 
 
 class StreamrlConfig(Section):

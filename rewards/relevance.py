@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from rewards.item import category_relevance
+from streamrl.rewards.item import category_relevance
 
 log = logging.getLogger("streamrl.relevance")
 Category = tuple[str, ...]

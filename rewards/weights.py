@@ -30,9 +30,9 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from checkpoints.files import append_jsonl, folder_lock, read_jsonl, write_json
-from configs.schema import Promotion, RewardsFile, RewardWeightsConfig
-from rewards.item import Components, RewardWeights
+from streamrl.checkpoints.files import append_jsonl, folder_lock, read_jsonl, write_json
+from streamrl.configs.schema import Promotion, RewardsFile, RewardWeightsConfig
+from streamrl.rewards.item import Components, RewardWeights
 
 
 class WeightsError(ValueError):
@@ -108,7 +108,7 @@ class RewardPolicy:
         )
 
     def co(self, clicked: bool, ordered: bool) -> float:
-        from rewards.scores import co_score
+        from streamrl.rewards.scores import co_score
 
         return co_score(clicked, ordered, self.v_click, self.v_order)
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import orjson
 
-from rl.sid import CatalogItem
-from stream.events import ItemEvent, Malformed, decode_event
+from streamrl.rl.sid import CatalogItem
+from streamrl.stream.events import ItemEvent, Malformed, decode_event
 
 
 def read_catalog(items: Path | None, world_truth: Path | None) -> dict[str, CatalogItem]:

@@ -22,8 +22,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from checkpoints.files import sha256_file
-from checkpoints.store import (
+from streamrl.checkpoints.files import sha256_file
+from streamrl.checkpoints.store import (
     CTR_STATE,
     LEARNER_STATE,
     MANIFEST,
@@ -32,11 +32,11 @@ from checkpoints.store import (
     CheckpointStore,
     verify,
 )
-from configs.schema import JoinConfig, LearnConfig
-from rewards.weights import RewardPolicy
-from rl.learner import Learner
-from rl.policy import SidVocab, load_pretrained
-from rl.sid import CENTROIDS_FILE, CODEBOOK_FILE, META_FILE, SidCodebook, level_sizes, load_codebook
+from streamrl.configs.schema import JoinConfig, LearnConfig
+from streamrl.rewards.weights import RewardPolicy
+from streamrl.rl.learner import Learner
+from streamrl.rl.policy import SidVocab, load_pretrained
+from streamrl.rl.sid import CENTROIDS_FILE, CODEBOOK_FILE, META_FILE, SidCodebook, level_sizes, load_codebook
 
 
 def item_tables(folder: Path) -> tuple[dict[str, tuple[str, ...]], dict[str, str]]:
@@ -159,7 +159,7 @@ def new_learner(
     `resume_from` — a checkpoint's model, codebook, optimizer and counters (it must verify against
     its manifest when it has one). `learn.beta > 0` anchors the KL term to the model it starts
     from, so it needs one of these (or `anchor_later`: the caller warm starts, then anchors)."""
-    from rl.policy import PolicyShape, build_model, build_tokenizer
+    from streamrl.rl.policy import PolicyShape, build_model, build_tokenizer
 
     torch.manual_seed(seed)
     start = resume_from or init_from

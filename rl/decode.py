@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
-from rl.hf_compat import cached_forward
-from rl.policy import SidVocab, _positions
+from streamrl.rl.hf_compat import cached_forward
+from streamrl.rl.policy import SidVocab, _positions
 
 Beams = list[tuple[tuple[int, ...], float]]
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
-from rl.decode import beam_search
-from rl.policy import SidVocab, format_prompt, rollout
+from streamrl.rl.decode import beam_search
+from streamrl.rl.policy import SidVocab, format_prompt, rollout
 
 
 def evaluate(

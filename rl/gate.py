@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from checkpoints.push import Evaluate
-from configs.schema import LearnConfig
-from rl.checkpointing import load_for_inference
-from rl.evaluate import evaluate
-from stream.records import read_records
+from streamrl.checkpoints.push import Evaluate
+from streamrl.configs.schema import LearnConfig
+from streamrl.rl.checkpointing import load_for_inference
+from streamrl.rl.evaluate import evaluate
+from streamrl.stream.records import read_records
 
 
 def heldout_evaluator(heldout: Path, limit: int, beam: int, cfg: LearnConfig) -> Evaluate:

@@ -46,15 +46,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from configs.schema import JoinConfig, LearnConfig
-from rewards.ctr import CtrTable, prior_from
-from rewards.item import Components
-from rewards.relevance import RelevanceSource, make_relevance
-from rewards.weights import ItemInfo, RewardPolicy, default_policy
-from rl.advantages import grpo_advantages, position_weights, tpma_advantages
-from rl.loss import grpo_loss, tpma_grpo_loss
-from rl.policy import SidVocab, format_prompt, rollout_with_targets, sequence_logp
-from rl.sid import SidCodebook
+from streamrl.configs.schema import JoinConfig, LearnConfig
+from streamrl.rewards.ctr import CtrTable, prior_from
+from streamrl.rewards.item import Components
+from streamrl.rewards.relevance import RelevanceSource, make_relevance
+from streamrl.rewards.weights import ItemInfo, RewardPolicy, default_policy
+from streamrl.rl.advantages import grpo_advantages, position_weights, tpma_advantages
+from streamrl.rl.loss import grpo_loss, tpma_grpo_loss
+from streamrl.rl.policy import SidVocab, format_prompt, rollout_with_targets, sequence_logp
+from streamrl.rl.sid import SidCodebook
 
 Record = dict[str, Any]
 

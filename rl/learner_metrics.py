@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from checkpoints.serving import ServingError
-from stream.records import SKIPPED_BATCHES
+from streamrl.checkpoints.serving import ServingError
+from streamrl.stream.records import SKIPPED_BATCHES
 
 if TYPE_CHECKING:
-    from rl.streaming import StreamingLearner
+    from streamrl.rl.streaming import StreamingLearner
 
 
 def publish(sl: StreamingLearner, force: bool = False) -> None:
@@ -65,6 +65,14 @@ def publish(sl: StreamingLearner, force: bool = False) -> None:
             float(bool(pinned)),
         ),
         "streamrl_learner_last_push_timestamp_seconds": ("Unix time of the last push (0: none)", push_ts),
+        "streamrl_learner_pushes_total": (
+            "Scheduled pushes by result: pushed, refused (by the gate or a check), held (pinned), "
+            "skipped (nothing new), error",
+            {
+                (("result", k),): float(sl.push_outcomes[k])
+                for k in ("pushed", "refused", "held", "skipped", "error")
+            },
+        ),
         "streamrl_learner_reward": (
             "Mean reward component of the last step's real-item rollouts",
             {

@@ -17,11 +17,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from checkpoints.store import LEARNER_ONLY, MANIFEST, CheckpointStore
-from configs.schema import JoinConfig, LearnConfig
-from rewards.weights import RewardPolicy
-from rl.checkpointing import level_sizes, new_learner, resolve, save
-from stream.records import read_records
+from streamrl.checkpoints.store import LEARNER_ONLY, MANIFEST, CheckpointStore
+from streamrl.configs.schema import JoinConfig, LearnConfig
+from streamrl.rewards.weights import RewardPolicy
+from streamrl.rl.checkpointing import level_sizes, new_learner, resolve, save
+from streamrl.stream.records import read_records
 
 __all__ = ["level_sizes", "load_records", "run_offline"]
 NOT_EXPORTED = LEARNER_ONLY | {MANIFEST}  # training state stays in the store

@@ -29,8 +29,8 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from rl.hf_compat import cached_forward, select_rows
-from rl.trie import SidTrie
+from streamrl.rl.hf_compat import cached_forward, select_rows
+from streamrl.rl.trie import SidTrie
 
 SPECIAL = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "sep_token": "<sep>"}
 

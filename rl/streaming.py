@@ -40,18 +40,18 @@ from typing import Any
 import orjson
 import pyarrow as pa
 
-from checkpoints.push import push
-from checkpoints.serving import ServingError, ServingRoot
-from checkpoints.store import CheckpointError, CheckpointStore
-from configs.schema import StreamrlConfig
-from rewards.weights import WeightsStore, WeightsWatcher, default_policy
-from rl.checkpointing import new_learner, pin_codebook, resolve, save
-from rl.gate import heldout_evaluator
-from rl.learner_metrics import publish
-from rl.warm import run_warm_start, warm_records
-from stream.kafka_io import RewardReader
-from stream.metrics import ProcessMetrics
-from stream.records import RECORD_SCHEMA, write_parquet_atomic
+from streamrl.checkpoints.push import push
+from streamrl.checkpoints.serving import ServingError, ServingRoot
+from streamrl.checkpoints.store import CheckpointError, CheckpointStore
+from streamrl.configs.schema import StreamrlConfig
+from streamrl.rewards.weights import WeightsStore, WeightsWatcher, default_policy
+from streamrl.rl.checkpointing import new_learner, pin_codebook, resolve, save
+from streamrl.rl.gate import heldout_evaluator
+from streamrl.rl.learner_metrics import publish
+from streamrl.rl.warm import run_warm_start, warm_records
+from streamrl.stream.kafka_io import RewardReader
+from streamrl.stream.metrics import ProcessMetrics
+from streamrl.stream.records import RECORD_SCHEMA, write_parquet_atomic
 
 log = logging.getLogger("streamrl.learner")
 HELDOUT = "heldout.parquet"
@@ -101,11 +101,12 @@ class StreamingLearner:
         self.newest = 0
         self.last_saved_step = self.learner.steps
         self.refused: Counter[str] = Counter()  # records refused, by reason
+        self.push_outcomes: Counter[str] = Counter()  # scheduled pushes, by PushResult.outcome or error
         self._dlq: Any = None
         self.tick = threading.Event()  # the scheduler's checkpoint tick
         self.last_metrics: dict[str, float] = {}
         self._next_reset_check = 0.0
-        self.metrics = ProcessMetrics("learner")
+        self.metrics = ProcessMetrics("learner", cfg.metrics.stale_after_s)
         self.records_in = 0
         self.rollouts = 0
         self.rate_window: deque[tuple[float, int]] = deque(maxlen=64)  # (time, rollouts so far)
@@ -160,9 +161,11 @@ class StreamingLearner:
                 verify_timeout_s=pc.verify_timeout_s,
             )
             self.last_error = None
+            self.push_outcomes[result.outcome] += 1
             log.info("scheduled push: %s", json.dumps(result.as_dict()))
         except Exception as exc:
             self.last_error = f"scheduled push failed: {exc}"
+            self.push_outcomes["error"] += 1
             log.exception("scheduled push failed")
 
     def warm_start(self, stop: threading.Event) -> bool:
@@ -275,7 +278,7 @@ class StreamingLearner:
     def _dead_letter(self, letter: dict[str, Any]) -> None:
         try:
             if self._dlq is None:
-                from stream import kafka_io
+                from streamrl.stream import kafka_io
 
                 self._dlq = kafka_io.make_producer(self.cfg.kafka)
             self._dlq.send(self.cfg.kafka.topics.dlq, value=orjson.dumps(letter))

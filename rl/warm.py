@@ -22,10 +22,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from configs.schema import KafkaConfig, WarmStartConfig
-from rl.checkpointing import InitError
-from rl.learner import Learner
-from stream.records import read_records
+from streamrl.configs.schema import KafkaConfig, WarmStartConfig
+from streamrl.rl.checkpointing import InitError
+from streamrl.rl.learner import Learner
+from streamrl.stream.records import read_records
 
 log = logging.getLogger("streamrl.learner")
 Record = dict[str, Any]
@@ -38,8 +38,8 @@ def warm_records(wc: WarmStartConfig, kcfg: KafkaConfig) -> list[Record]:
         if not files:
             raise InitError(f"learn.warm_start.records {wc.records}: no Parquet files there")
         return list(read_records(files))
-    from stream.kafka_io import read_span
-    from stream.records import decode_or_skip
+    from streamrl.stream.kafka_io import read_span
+    from streamrl.stream.records import decode_or_skip
 
     assert wc.lookback_s is not None
     since = int((time.time() - wc.lookback_s) * 1000)

@@ -27,7 +27,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from rl.decode import Beams, beam_search
+from streamrl.rl.decode import Beams, beam_search
 
 log = logging.getLogger("streamrl.serve")
 

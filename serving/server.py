@@ -28,18 +28,19 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from checkpoints.serving import ServingError, ServingRoot
-from checkpoints.store import CheckpointError, verify
-from configs.schema import ServingConfig
-from rl.checkpointing import is_weights_file, load_for_inference
-from rl.policy import MAX_QUERY_TOKENS, format_prompt
-from serving.batcher import Batcher, Job, ServerMetrics
+from streamrl.checkpoints.serving import ServingError, ServingRoot
+from streamrl.checkpoints.store import CheckpointError, verify
+from streamrl.configs.schema import ServingConfig
+from streamrl.rl.checkpointing import is_weights_file, load_for_inference
+from streamrl.rl.policy import MAX_QUERY_TOKENS, format_prompt
+from streamrl.serving.batcher import Batcher, Job, ServerMetrics
+from streamrl.stream.metrics import LoggingHTTPServer
 
 log = logging.getLogger("streamrl.serve")
 
@@ -213,7 +214,7 @@ def answer(m: Loaded, beams: list[tuple[tuple[int, ...], float]], k: int) -> lis
 
 def make_server(
     cfg: ServingConfig, holder: ModelHolder, history_len: int = 5, batcher: Batcher | None = None
-) -> ThreadingHTTPServer:
+) -> LoggingHTTPServer:
     metrics = holder.metrics
     decoder = batcher or Batcher(cfg.max_batch, cfg.batch_window_ms / 1000, cfg.max_queue, metrics)
 
@@ -305,9 +306,8 @@ def make_server(
         def log_message(self, fmt: str, *args: Any) -> None:
             log.debug("%s " + fmt, self.address_string(), *args)
 
-    class Server(ThreadingHTTPServer):
+    class Server(LoggingHTTPServer):
         request_queue_size = cfg.listen_backlog
-        daemon_threads = True
 
     return Server((cfg.host, cfg.port), Handler)
 

@@ -8,7 +8,7 @@ strategy of `generate` (beam search, sampling, greedy) then yields real SIDs; `i
 output back to item ids:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from serving.sid_constraint import SidConstraint
+    from streamrl.serving.sid_constraint import SidConstraint
 
     tok = AutoTokenizer.from_pretrained(version)
     model = AutoModelForCausalLM.from_pretrained(version)
@@ -32,9 +32,9 @@ from typing import Any
 import torch
 from transformers import LogitsProcessor
 
-from rl.policy import sid_token
-from rl.sid import level_sizes, load_codebook
-from rl.trie import SidTrie
+from streamrl.rl.policy import sid_token
+from streamrl.rl.sid import level_sizes, load_codebook
+from streamrl.rl.trie import SidTrie
 
 
 class SidConstraint(LogitsProcessor):

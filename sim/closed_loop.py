@@ -31,8 +31,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from sim.simulate import Request
-from sim.world import Query, User
+from streamrl.sim.simulate import Request
+from streamrl.sim.world import Query, User
 
 
 class HttpRanker:

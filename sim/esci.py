@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sim.world import Item, Query, User, World, WorldConfig, _zipf_weights
+from streamrl.sim.world import Item, Query, User, World, WorldConfig, _zipf_weights
 
 RATING_TIER = {"100.000": 3, "10.000": 2, "1.000": 1, "0.000": 0}
 

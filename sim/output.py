@@ -11,8 +11,8 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sim.simulate import Request, Simulator
-from sim.world import World
+from streamrl.sim.simulate import Request, Simulator
+from streamrl.sim.world import World
 
 
 class TruthWriter:
@@ -141,7 +141,7 @@ def to_kafka(
     on_request: Callable[[Request], None] | None = None,
 ) -> tuple[int, float]:
     """Produce at `rate` events/s of wall time (paced in batches); returns (events, achieved rate)."""
-    from stream.kafka_io import produce_events
+    from streamrl.stream.kafka_io import produce_events
 
     start = time.monotonic()
     n = 0

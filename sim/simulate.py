@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from sim.world import Item, Query, User, World
+from streamrl.sim.world import Item, Query, User, World
 
 OTTO_ORDER_GAPS_S = (63.76, 256.559, 462.312, 525.574, 546.483)
 START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z: event time starts here unless told otherwise

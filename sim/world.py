@@ -177,7 +177,7 @@ def _attribute_values(cfg: CatalogConfig) -> dict[str, list[str]]:
 
 def build_world(cfg: WorldConfig) -> World:
     if cfg.source == "esci":
-        from sim.esci import build_esci_world
+        from streamrl.sim.esci import build_esci_world
 
         return build_esci_world(cfg)
     rng = np.random.default_rng(cfg.seed)

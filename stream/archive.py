@@ -17,9 +17,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from configs.schema import ArchiveConfig, KafkaConfig
-from stream import kafka_io
-from stream.records import decode_or_skip, write_parquet_atomic
+from streamrl.configs.schema import ArchiveConfig, KafkaConfig
+from streamrl.stream import kafka_io
+from streamrl.stream.records import decode_or_skip, write_parquet_atomic
 
 _PART = re.compile(r"rewards-p(\d+)-(\d+)-(\d+)\.parquet$")
 

@@ -17,7 +17,7 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta, Struct
 
-from configs.schema import JoinConfig
+from streamrl.configs.schema import JoinConfig
 
 # gc=False: events hold only strings, numbers and other events, never cycles, so the cyclic GC need
 # not track the hundreds of thousands of them that open join state keeps alive.

@@ -34,11 +34,11 @@ from typing import Any, NamedTuple
 import numpy as np
 import pyarrow as pa
 
-from configs.schema import JoinConfig
-from rewards.ctr import CtrTable, prior_from
-from rewards.scores import co_score
-from stream.events import Action, Click, Impression
-from stream.records import RecordColumns
+from streamrl.configs.schema import JoinConfig
+from streamrl.rewards.ctr import CtrTable, prior_from
+from streamrl.rewards.scores import co_score
+from streamrl.stream.events import Action, Click, Impression
+from streamrl.stream.records import RecordColumns
 
 _NEG_INF = -(2**62)
 _NONE: frozenset[str] = frozenset()

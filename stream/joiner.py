@@ -33,12 +33,12 @@ from typing import Any
 import orjson
 import pyarrow as pa
 
-from configs.schema import StreamrlConfig
-from stream import kafka_io
-from stream.events import ItemEvent, Malformed, decode_event, limits_of
-from stream.join import Enricher, Finalized, JoinState, Source, dead_letter
-from stream.metrics import ProcessMetrics
-from stream.records import SKIPPED_BATCHES, decode_or_skip
+from streamrl.configs.schema import StreamrlConfig
+from streamrl.stream import kafka_io
+from streamrl.stream.events import ItemEvent, Malformed, decode_event, limits_of
+from streamrl.stream.join import Enricher, Finalized, JoinState, Source, dead_letter
+from streamrl.stream.metrics import ProcessMetrics
+from streamrl.stream.records import SKIPPED_BATCHES, decode_or_skip
 
 log = logging.getLogger("streamrl.joiner")
 
@@ -289,7 +289,7 @@ class Joiner:
 
     def state_bytes(self, sample: int = 64) -> int:
         """Join state in memory, estimated: a sample of open requests deep-sized, times their count."""
-        from stream.metrics import deep_size
+        from streamrl.stream.metrics import deep_size
 
         total = 0
         for shard in self.shards.values():
@@ -344,7 +344,7 @@ class Joiner:
 
 def run_joiner(cfg: StreamrlConfig, stop: threading.Event, archive: bool = True) -> int:
     """`streamrl join`: the joiner loop, with the archiver as a second step of the same loop."""
-    from stream.archive import Archiver
+    from streamrl.stream.archive import Archiver
 
     joiner = Joiner(cfg)
     archiver = Archiver(cfg.kafka, cfg.archive) if archive else None
@@ -355,9 +355,10 @@ def run_joiner(cfg: StreamrlConfig, stop: threading.Event, archive: bool = True)
     except Exception:
         log.exception("joiner setup failed")
         return 1
-    last_log = last_pub = last_bytes_at = time.monotonic()
+    last_log = last_bytes_at = time.monotonic()
+    last_pub = 0.0  # the first pass publishes: /healthz carries lag from the start
     state_bytes = 0
-    metrics = ProcessMetrics("joiner")
+    metrics = ProcessMetrics("joiner", cfg.metrics.stale_after_s)
     metrics.serve(cfg.metrics.host, cfg.metrics.joiner_port)
     code = 0
     clean = False

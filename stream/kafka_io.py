@@ -23,9 +23,9 @@ from kafka import (
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
-from configs.schema import KafkaConfig, TopicsConfig
-from stream.dedup import FirstSeen
-from stream.records import CONTENT_TYPE, Record, decode_or_skip, encode_batch
+from streamrl.configs.schema import KafkaConfig, TopicsConfig
+from streamrl.stream.dedup import FirstSeen
+from streamrl.stream.records import CONTENT_TYPE, Record, decode_or_skip, encode_batch
 
 __all__ = [
     "ConsumerRebalanceListener",

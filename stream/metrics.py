@@ -5,12 +5,18 @@ registry with one custom collector that reads a snapshot the process publishes f
 (`publish`), so a scrape never walks live state while the loop mutates it. Names ending in `_total`
 are counters, the rest gauges; a value may be a number or {((label, value), ...): number}.
 Binds 127.0.0.1 unless `metrics.host` says otherwise; port 0 in config means no endpoint.
+
+Each `publish` is the loop's heartbeat: `/healthz` answers 503 with `"stale"` once the last one is
+older than `metrics.stale_after_s` (a hung loop no longer looks healthy), and always reports its age.
+The standard `process_*` metrics (CPU seconds, resident memory, open fds, start time) come from
+prometheus-client's process collector.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -18,41 +24,81 @@ from collections.abc import Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 log = logging.getLogger("streamrl.metrics")
+MEMBER_ENV = "STREAMRL_MEMBER"  # set by `streamrl run` for each child: joiner-0, joiner-1, learner
+
+
+def member_name(process: str) -> str:
+    """This process's member name: STREAMRL_MEMBER when a supervisor set it, else its role."""
+    return os.environ.get(MEMBER_ENV) or process
+
+
 Labels = tuple[tuple[str, str], ...]
 Value = float | Mapping[Labels, float]
 
 
+class LoggingHTTPServer(ThreadingHTTPServer):
+    """A threading HTTP server whose request errors go to the JSON log, not raw to stderr (the
+    standard library prints a traceback between dashed lines); a client that hung up is debug."""
+
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (BrokenPipeError, ConnectionResetError, TimeoutError)):
+            log.debug("client %s went away: %r", client_address, exc)
+        else:
+            log.exception("request from %s failed", client_address)
+
+
 class ProcessMetrics:
-    def __init__(self, process: str) -> None:
+    def __init__(self, process: str, stale_after_s: float = 120.0, member: str | None = None) -> None:
         self.process = process
+        self.member = member or member_name(process)
+        self.stale_after_s = stale_after_s
         self.started = time.time()
+        self.beat = time.monotonic()
         self.registry = CollectorRegistry()
         self._values: dict[str, tuple[str, Value]] = {}
         self._health: dict[str, Any] = {"ok": True}
         self._lock = threading.Lock()
         self.registry.register(self)  # a duck-typed collector: collect() and describe()
-        self.server: ThreadingHTTPServer | None = None
+        ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, process_resident_memory_bytes…
+        self.server: LoggingHTTPServer | None = None
 
     def publish(
         self, values: Mapping[str, tuple[str, Value]], health: Mapping[str, Any] | None = None
     ) -> None:
         """Replace the snapshot: {metric name: (help, value)} and the /healthz body."""
         with self._lock:
+            self.beat = time.monotonic()
             self._values = dict(values)
             if health is not None:
-                self._health = {
-                    "process": self.process,
-                    "uptime_s": round(time.time() - self.started, 1),
-                    **health,
-                }
+                self._health = dict(health)
 
     def health(self) -> dict[str, Any]:
+        """The last published body, with the heartbeat's age; not ok once the heartbeat is stale."""
         with self._lock:
-            return dict(self._health)
+            body = dict(self._health)
+            age = time.monotonic() - self.beat
+        out = {
+            "process": self.process,
+            "member": self.member,
+            "pid": os.getpid(),
+            "uptime_s": round(time.time() - self.started, 1),
+            **body,
+            "heartbeat_age_s": round(age, 1),
+        }
+        if age > self.stale_after_s:
+            out["ok"] = False
+            out["error"] = (
+                f"stale: the {self.process} loop has not reported for {age:.0f} s "
+                f"(metrics.stale_after_s = {self.stale_after_s:g})"
+            )
+        return out
 
     def collect(self) -> Iterator[Metric]:
         with self._lock:
@@ -100,8 +146,7 @@ class ProcessMetrics:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer((host, port), Handler)
-        self.server.daemon_threads = True
+        self.server = LoggingHTTPServer((host, port), Handler)
         threading.Thread(
             target=self.server.serve_forever, name=f"metrics-{self.process}", daemon=True
         ).start()

@@ -214,7 +214,7 @@ def write_parquet_atomic(table: pa.Table, path: Path) -> None:
 def read_records(paths: Iterable[Path]) -> Iterator[Record]:
     """Records from Parquet files in the order given, duplicates (same request_id) dropped, first
     kept — the same rule as the Kafka reader (stream/dedup.py)."""
-    from stream.dedup import FirstSeen
+    from streamrl.stream.dedup import FirstSeen
 
     seen = FirstSeen()
     for path in paths:

@@ -28,10 +28,10 @@ from typing import IO
 
 import orjson
 
-from configs.schema import JoinConfig
-from stream.events import Event, ItemEvent, Malformed, decode_event, limits_of
-from stream.join import Enricher, JoinState, Source, dead_letter
-from stream.records import write_parquet_atomic
+from streamrl.configs.schema import JoinConfig
+from streamrl.stream.events import Event, ItemEvent, Malformed, decode_event, limits_of
+from streamrl.stream.join import Enricher, JoinState, Source, dead_letter
+from streamrl.stream.records import write_parquet_atomic
 
 CONFIRM = 3  # suspects (from >= 2 requests) that make a jump of the log's clock real
 DISMISS = 50  # ordinary events after which unconfirmed suspects are outliers

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import signal
 import sys
 import threading
@@ -15,7 +14,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from configs import ConfigError, StreamrlConfig, load_config
+from streamrl import logs
+from streamrl.configs import ConfigError, StreamrlConfig, load_config
 
 app = typer.Typer(
     add_completion=False,
@@ -54,27 +54,6 @@ def _config(path: Path | None, overrides: list[str] | None) -> StreamrlConfig:
         raise typer.Exit(2) from None
 
 
-def _logging(level: str = "INFO") -> None:
-    """Structured JSON logs on stderr, one object per line."""
-
-    class _Json(logging.Formatter):
-        def format(self, record: logging.LogRecord) -> str:
-            out = {
-                "ts": round(record.created, 3),
-                "level": record.levelname,
-                "logger": record.name,
-                "msg": record.getMessage(),
-            }
-            if record.exc_info:
-                out["exc"] = self.formatException(record.exc_info)
-            return json.dumps(out)
-
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Json())
-    logging.basicConfig(level=level, handlers=[handler], force=True)
-    logging.getLogger("kafka").setLevel(logging.WARNING)
-
-
 def _stop_on_signals() -> threading.Event:
     stop = threading.Event()
 
@@ -103,8 +82,8 @@ def replay(
     set_: SetOpt = None,
 ) -> None:
     """Join event files into reward records (DIR/*.parquet) and dead letters (DIR/dlq.jsonl)."""
-    from stream.replay import ReplayInputError
-    from stream.replay import replay as run_replay
+    from streamrl.stream.replay import ReplayInputError
+    from streamrl.stream.replay import replay as run_replay
 
     cfg = _config(config, set_)
     try:
@@ -132,10 +111,10 @@ def join(
     archive: Annotated[bool, typer.Option(help="Also write the Parquet archive.")] = True,
 ) -> None:
     """Run one joiner member: impressions ⋈ clicks ⋈ orders → reward records (until SIGTERM)."""
-    from stream.joiner import run_joiner
+    from streamrl.stream.joiner import run_joiner
 
     cfg = _config(config, set_)
-    _logging()
+    logs.setup("joiner")
     raise typer.Exit(run_joiner(cfg, _stop_on_signals(), archive=archive))
 
 
@@ -150,7 +129,7 @@ def records(
     """Read the rewards topic through the learner's reader (each request once) as JSON lines."""
     import orjson
 
-    from stream.kafka_io import RewardReader
+    from streamrl.stream.kafka_io import RewardReader
 
     cfg = _config(config, set_)
     reader = RewardReader(cfg.kafka, group)
@@ -179,7 +158,7 @@ def broker(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0 = a free one).")] = 0,
 ) -> None:
     """Start a local Kafka-protocol broker (Tansu, in memory) and keep it up until Ctrl-C."""
-    from stream.broker import LocalBroker
+    from streamrl.stream.broker import LocalBroker
 
     stop = _stop_on_signals()
     with LocalBroker(port or None) as b:
@@ -199,7 +178,7 @@ def synth(
     faults: Annotated[float, typer.Option(help="Rate of each fault kind.")] = 0.0,
 ) -> None:
     """Write generated contract events (disordered, optional faults) for tests and demos."""
-    from stream.synthetic import SynthSpec, write_jsonl
+    from streamrl.stream.synthetic import SynthSpec, write_jsonl
 
     spec = SynthSpec(
         requests=requests,
@@ -247,10 +226,10 @@ def simulate(
     """Simulated search traffic with known ground truth: item events, then requests."""
     from pydantic import ValidationError
 
-    from sim.closed_loop import ArmRanker, HttpRanker, LoopStats
-    from sim.output import TruthWriter, to_file, to_kafka
-    from sim.simulate import Request, Simulator
-    from sim.world import build_world, load_world_config
+    from streamrl.sim.closed_loop import ArmRanker, HttpRanker, LoopStats
+    from streamrl.sim.output import TruthWriter, to_file, to_kafka
+    from streamrl.sim.simulate import Request, Simulator
+    from streamrl.sim.world import build_world, load_world_config
 
     if (out is None) == (not kafka):
         console.print("[red]give exactly one of --out FILE or --kafka[/red]")
@@ -290,7 +269,7 @@ def simulate(
         console.print(f"wrote {n} events ({len(w.items)} items, {n_req} requests) to {out}")
         report()
         return
-    from stream import kafka_io
+    from streamrl.stream import kafka_io
 
     cfg = _config(config, set_)
     t = cfg.kafka.topics
@@ -313,7 +292,7 @@ def import_kuaisearch(
     time_index_s: Annotated[float, typer.Option(help="Seconds per time_index unit.")] = 60.0,
 ) -> None:
     """The KuaiSearch layout (OneSearch authors' dataset) → events for `streamrl replay`."""
-    from sim.kuaisearch import import_kuaisearch as run_import
+    from streamrl.sim.kuaisearch import import_kuaisearch as run_import
 
     if not folder.is_dir():
         console.print(f"[red]{folder} is not a folder[/red]")
@@ -337,9 +316,9 @@ def sids_build(
     seed: int = 0,
 ) -> None:
     """Embed item text, quantise it into hierarchical semantic IDs, write the codebook."""
-    from rl.catalog import read_catalog
-    from rl.encoders import load_encoder
-    from rl.sid import SidCodebook, save_codebook
+    from streamrl.rl.catalog import read_catalog
+    from streamrl.rl.encoders import load_encoder
+    from streamrl.rl.sid import SidCodebook, save_codebook
 
     if (items is None) == (world_truth is None):
         console.print("[red]give exactly one of --items FILE or --world-truth DIR[/red]")
@@ -389,10 +368,10 @@ def learn(
     set_: SetOpt = None,
 ) -> None:
     """The learner: on the live rewards topic, or offline on replayed records (--records)."""
-    from checkpoints.store import CheckpointError
-    from rewards.weights import RewardPolicy, WeightsError, parse_rewards
-    from rl.checkpointing import InitError
-    from rl.offline import run_offline
+    from streamrl.checkpoints.store import CheckpointError
+    from streamrl.rewards.weights import RewardPolicy, WeightsError, parse_rewards
+    from streamrl.rl.checkpointing import InitError
+    from streamrl.rl.offline import run_offline
 
     extra = [
         *([f"learn.algo={algo}"] if algo else []),
@@ -400,9 +379,9 @@ def learn(
     ]
     cfg = _config(config, [*(set_ or []), *extra])
     if records is None:
-        from rl.streaming import run_streaming
+        from streamrl.rl.streaming import run_streaming
 
-        _logging()
+        logs.setup("learner", transformers=True)
         try:
             code = run_streaming(cfg, sids or Path(cfg.learn.sids_dir), out, _stop_on_signals(), steps, seed)
         except InitError as exc:
@@ -440,7 +419,7 @@ def run(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     from streamrl.supervisor import child_commands, supervise
 
     cfg = _config(config, set_)
-    _logging()
+    logs.setup("supervisor")
     raise typer.Exit(supervise(cfg, child_commands(cfg, config, set_ or []), _stop_on_signals()))
 
 
@@ -456,10 +435,10 @@ def eval_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """HR@K / MRR@K by constrained beam search, and the valid-SID rate of free decoding."""
-    from checkpoints.store import CheckpointError
-    from rl.checkpointing import load_for_inference, resolve
-    from rl.evaluate import evaluate
-    from rl.offline import load_records
+    from streamrl.checkpoints.store import CheckpointError
+    from streamrl.rl.checkpointing import load_for_inference, resolve
+    from streamrl.rl.evaluate import evaluate
+    from streamrl.rl.offline import load_records
 
     try:
         model, tok, book, vocab = load_for_inference(resolve(checkpoint))
@@ -487,7 +466,7 @@ def demo(
     against the engine's ranker, a live panel, and a PNG report at the end."""
     from streamrl.demo import WORLD, run_demo
 
-    _logging("WARNING")
+    logs.setup("demo", "WARNING", transformers=True)
     code = run_demo(duration, out, console, _stop_on_signals(), encoder, world_file=world or WORLD, seed=seed)
     raise typer.Exit(code)
 

@@ -40,20 +40,20 @@ import orjson
 from rich.console import Console
 from rich.live import Live
 
-from checkpoints.serving import ServingRoot
-from configs import load_config
-from configs.schema import StreamrlConfig
-from sim.closed_loop import ArmRanker, Cell, who_ranked
-from sim.output import TruthWriter, to_file
-from sim.simulate import Request, Simulator
-from sim.world import World, build_world, load_world_config
-from stream import kafka_io
-from stream.broker import LocalBroker
-from stream.replay import replay
+from streamrl.checkpoints.serving import ServingRoot
+from streamrl.configs import load_config
+from streamrl.configs.schema import StreamrlConfig
 from streamrl.demo_view import ARMS, ab_table, write_report
 from streamrl.demo_view import panel as draw_panel
+from streamrl.sim.closed_loop import ArmRanker, Cell, who_ranked
+from streamrl.sim.output import TruthWriter, to_file
+from streamrl.sim.simulate import Request, Simulator
+from streamrl.sim.world import World, build_world, load_world_config
+from streamrl.stream import kafka_io
+from streamrl.stream.broker import LocalBroker
+from streamrl.stream.replay import replay
 
-WORLD = Path(__file__).resolve().parents[1] / "configs" / "world.yaml"
+WORLD = Path(__file__).parent / "configs" / "world.yaml"  # streamrl/configs: installed or linked
 FIRST_PUSH_GRACE_S = 120.0  # a --duration that ends before the first push waits this long for it
 BACKLOG_S = 300.0  # event-time seconds of logged history before the demo goes live (6,000 requests)
 
@@ -91,8 +91,8 @@ def free_port() -> int:
 
 
 def build_sids(world: World, out: Path, encoder: str) -> None:
-    from rl.encoders import load_encoder
-    from rl.sid import CatalogItem, SidCodebook, save_codebook
+    from streamrl.rl.encoders import load_encoder
+    from streamrl.rl.sid import CatalogItem, SidCodebook, save_codebook
 
     catalog = {
         it.item_id: CatalogItem(it.item_id, it.title, tuple(it.category), it.merchant_id, dict(it.attrs))

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Group
 from rich.table import Table
 
-from checkpoints.serving import ServingRoot
-from sim.closed_loop import ci_text
+from streamrl.checkpoints.serving import ServingRoot
+from streamrl.sim.closed_loop import ci_text
 
 if TYPE_CHECKING:
     from streamrl.demo import Traffic

@@ -17,10 +17,11 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from checkpoints.serving import ServingError, ServingRoot
-from checkpoints.store import CheckpointError, CheckpointStore, verify
-from configs import StreamrlConfig
-from streamrl.cli import ConfigOpt, SetOpt, _config, _logging, _stop_on_signals, app, console
+from streamrl import logs
+from streamrl.checkpoints.serving import ServingError, ServingRoot
+from streamrl.checkpoints.store import CheckpointError, CheckpointStore, verify
+from streamrl.cli import ConfigOpt, SetOpt, _config, _stop_on_signals, app, console
+from streamrl.configs import StreamrlConfig
 
 RunDirOpt = Annotated[Path | None, typer.Option("--run-dir", help="Learner run folder (learn.run_dir).")]
 RootOpt = Annotated[Path | None, typer.Option("--serving-root", help="SERVING_ROOT (serving.root).")]
@@ -56,11 +57,11 @@ def serve(
     set_: SetOpt = None,
 ) -> None:
     """The reference server: /healthz, /version, POST /search, POST /reload."""
-    from serving.server import serve as run
+    from streamrl.serving.server import serve as run
 
     cfg = _config(config, set_)
     sc = cfg.serving.model_copy(update={k: v for k, v in (("host", host), ("port", port)) if v is not None})
-    _logging()
+    logs.setup("serving", transformers=True)
     root = serving_root or Path(sc.root)
     raise typer.Exit(run(sc, root, model or sc.model, _stop_on_signals(), cfg.learn.history_len))
 
@@ -87,9 +88,9 @@ def push_now(
     next version, notify the server if `push.notify_url` is set."""
     if ctx.invoked_subcommand is not None:
         return
-    from checkpoints.push import push
-    from rl.gate import heldout_evaluator
-    from rl.streaming import HELDOUT
+    from streamrl.checkpoints.push import push
+    from streamrl.rl.gate import heldout_evaluator
+    from streamrl.rl.streaming import HELDOUT
 
     cfg = _config(config, set_)
     rd = run_dir or Path(cfg.learn.run_dir)
@@ -337,7 +338,7 @@ app.add_typer(weights_app, name="weights")
 
 
 def _weights(cfg: StreamrlConfig) -> Any:
-    from rl.streaming import weights_store
+    from streamrl.rl.streaming import weights_store
 
     return weights_store(cfg)
 
@@ -345,7 +346,7 @@ def _weights(cfg: StreamrlConfig) -> Any:
 @weights_app.command("show")
 def weights_show(as_json: JsonOpt = False, config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """The version in force and its content, with which promotions are active now."""
-    from rewards.weights import WeightsError
+    from streamrl.rewards.weights import WeightsError
 
     cfg = _config(config, set_)
     try:
@@ -369,7 +370,7 @@ def weights_apply(
     set_: SetOpt = None,
 ) -> None:
     """Validate and store as a new version; a running learner switches at its next step boundary."""
-    from rewards.weights import WeightsError
+    from streamrl.rewards.weights import WeightsError
 
     cfg = _config(config, set_)
     try:
@@ -409,7 +410,7 @@ def weights_revert(
     set_: SetOpt = None,
 ) -> None:
     """Store an earlier version's content as a new version (versions only grow)."""
-    from rewards.weights import WeightsError
+    from streamrl.rewards.weights import WeightsError
 
     try:
         policy = _weights(_config(config, set_)).revert(version, author, reason)
@@ -421,18 +422,20 @@ def weights_revert(
 # -- status ---------------------------------------------------------------------------------------
 @app.command()
 def status(as_json: JsonOpt = False, config: ConfigOpt = None, set_: SetOpt = None) -> None:
-    """A running daemon at a glance: health of each process, lag, step, served version, pin, weights
-    version, last error. Reads the /healthz endpoints (metrics.*_port) and the serving and weights
-    folders; a process that does not answer is reported as down. Exit 1 when anything is down."""
+    """A running daemon at a glance: health of every process (the supervisor, each joiner member
+    joiner-0 … joiner-{run.joiners - 1} on metrics.joiner_port + i, the learner), lag, step, served
+    version, pin, weights version, last error. Reads the /healthz endpoints and the serving and
+    weights folders; a process that does not answer, or whose loop's heartbeat is stale, is reported
+    as down. Exit 1 when anything is down."""
     cfg = _config(config, set_)
     m = cfg.metrics
-    procs: dict[str, dict[str, Any]] = {}
-    for name, port in (
-        ("supervisor", m.supervisor_port),
-        ("joiner", m.joiner_port),
-        ("learner", m.learner_port),
-    ):
-        procs[name] = _health(m.host, port) if port else {"ok": None, "note": "no endpoint configured"}
+    members = [("supervisor", m.supervisor_port)]
+    members += [(f"joiner-{i}", m.joiner_port + i if m.joiner_port else 0) for i in range(cfg.run.joiners)]
+    members.append(("learner", m.learner_port))
+    procs: dict[str, dict[str, Any]] = {
+        name: _health(m.host, port) if port else {"ok": None, "note": "no endpoint configured"}
+        for name, port in members
+    }
     out: dict[str, Any] = {"processes": procs}
     try:
         s = _serving(cfg, None, None).status()
@@ -464,7 +467,7 @@ def status(as_json: JsonOpt = False, config: ConfigOpt = None, set_: SetOpt = No
             state = "[dim]no endpoint[/dim]"
         elif not p.get("ok"):
             state = f"[red]DOWN[/red] {p.get('error') or p.get('last_error') or ''}"
-        elif name == "joiner":
+        elif name.startswith("joiner"):
             state = f"up; lag {p.get('lag')} messages, {p.get('open_requests')} open requests"
         elif name == "learner":
             state = f"up; step {p.get('step')}, {p.get('rollouts_per_s')} rollouts/s"

@@ -16,6 +16,7 @@ overrides — so neither's GIL starves the other.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -24,8 +25,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from configs.schema import StreamrlConfig
-from stream.metrics import ProcessMetrics
+from streamrl.configs.schema import StreamrlConfig
+from streamrl.stream.metrics import MEMBER_ENV, ProcessMetrics
 
 log = logging.getLogger("streamrl.supervisor")
 
@@ -60,7 +61,7 @@ def child_commands(cfg: StreamrlConfig, config: Path | None, overrides: list[str
 
 def supervise(cfg: StreamrlConfig, children: list[Child], stop: threading.Event) -> int:
     rc = cfg.run
-    metrics = ProcessMetrics("supervisor")
+    metrics = ProcessMetrics("supervisor", cfg.metrics.stale_after_s)
     metrics.serve(cfg.metrics.host, cfg.metrics.supervisor_port)
     for c in children:
         c.backoff = rc.restart_backoff_s
@@ -95,7 +96,8 @@ def supervise(cfg: StreamrlConfig, children: list[Child], stop: threading.Event)
 
 
 def _start(c: Child) -> None:
-    c.proc = subprocess.Popen(c.cmd, start_new_session=True)
+    # the child's member name goes into every log line and its /healthz (stream/metrics.py)
+    c.proc = subprocess.Popen(c.cmd, start_new_session=True, env={**os.environ, MEMBER_ENV: c.name})
     c.started = time.monotonic()
     log.info("started %s (pid %d)", c.name, c.proc.pid)
 

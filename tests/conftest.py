@@ -11,8 +11,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from configs import StreamrlConfig, load_config
-from stream.broker import LocalBroker
+from streamrl.configs import StreamrlConfig, load_config
+from streamrl.stream.broker import LocalBroker
 
 SHARED = Path(os.environ.get("STREAMRL_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from checkpoints.push import push
-from checkpoints.serving import ServingError, ServingRoot
-from checkpoints.store import CheckpointError, CheckpointStore, verify
+from streamrl.checkpoints.push import push
+from streamrl.checkpoints.serving import ServingError, ServingRoot
+from streamrl.checkpoints.store import CheckpointError, CheckpointStore, verify
 
 
 def _fill(value: float = 1.0):  # type: ignore[no-untyped-def]

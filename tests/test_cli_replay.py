@@ -11,7 +11,7 @@ import orjson
 import pyarrow.parquet as pq
 from conftest import shared_data
 
-from stream.synthetic import SynthSpec, write_jsonl
+from streamrl.stream.synthetic import SynthSpec, write_jsonl
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from configs import ConfigError, load_config
+from streamrl.configs import ConfigError, load_config
 
 
 def test_default_file_loads_with_documented_values() -> None:
@@ -94,7 +94,7 @@ def test_each_process_gets_its_own_port() -> None:
 
     import pytest
 
-    from configs import ConfigError, load_config
+    from streamrl.configs import ConfigError, load_config
 
     load_config()  # the defaults: 9100 supervisor, 9101 joiner, 9102 learner, 8500 serving
     clash = "port 9102 is both joiner 1 (metrics.joiner_port + 1) and metrics.learner_port"

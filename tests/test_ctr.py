@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from rewards.ctr import CtrPrior, CtrTable, posterior_ctr
+from streamrl.rewards.ctr import CtrPrior, CtrTable, posterior_ctr
 
 PRIOR = CtrPrior(
     prior_ctr=0.05,
@@ -94,7 +94,7 @@ def test_batch_equals_score_then_observe_per_request() -> None:
 def test_state_round_trip_restores_the_table_exactly() -> None:
     import numpy as np
 
-    from rewards.ctr import CtrPrior, CtrTable
+    from streamrl.rewards.ctr import CtrPrior, CtrTable
 
     a = CtrTable(CtrPrior(half_life_s=60.0))
     rng = np.random.default_rng(0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from stream.events import Click, Impression, ItemEvent, Malformed, Order, decode_event
+from streamrl.stream.events import Click, Impression, ItemEvent, Malformed, Order, decode_event
 
 IMP = {
     "type": "impression",

@@ -11,9 +11,9 @@ from typing import Any
 import orjson
 import pytest
 
-from configs import JoinConfig
-from stream.events import decode_event
-from stream.join import Enricher, JoinState, Source
+from streamrl.configs import JoinConfig
+from streamrl.stream.events import decode_event
+from streamrl.stream.join import Enricher, JoinState, Source
 
 CFG = JoinConfig()
 

@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from reference_join import reference_join
 
-from configs import JoinConfig
-from stream.replay import replay
-from stream.synthetic import SynthSpec, generate
+from streamrl.configs import JoinConfig
+from streamrl.stream.replay import replay
+from streamrl.stream.synthetic import SynthSpec, generate
 
 
 def _compare(lines: list[bytes], tmp: Path, cfg: JoinConfig) -> None:

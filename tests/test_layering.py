@@ -6,18 +6,30 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("stream", "rewards", "rl", "checkpoints", "configs", "streamrl", "sim", "serving")
+SUBPACKAGES = ("stream", "rewards", "rl", "checkpoints", "configs", "sim", "serving")
+PACKAGES = (*SUBPACKAGES, "streamrl")
+
+
+def layer(module: str) -> str:
+    """`streamrl.rl.policy` → `rl` (the card's folders install under streamrl); `streamrl.cli` →
+    `streamrl`."""
+    parts = module.split(".")
+    if parts[0] == "streamrl" and len(parts) > 1 and parts[1] in SUBPACKAGES:
+        return parts[1]
+    return parts[0]
 
 
 def imports(package: str) -> dict[str, set[str]]:
     found: dict[str, set[str]] = {}
-    for path in (ROOT / package).rglob("*.py"):
+    # streamrl/ links the other folders in; its own modules are the files at its top.
+    paths = (ROOT / package).glob("*.py") if package == "streamrl" else (ROOT / package).rglob("*.py")
+    for path in paths:
         names: set[str] = set()
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
-                names |= {a.name.split(".")[0] for a in node.names}
+                names |= {layer(a.name) for a in node.names}
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                names.add(node.module.split(".")[0])
+                names.add(layer(node.module))
         found[str(path.relative_to(ROOT))] = names
     return found
 

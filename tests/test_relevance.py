@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from rewards.relevance import CategoryRelevance, HttpRelevance, TableRelevance, make_relevance
+from streamrl.rewards.relevance import CategoryRelevance, HttpRelevance, TableRelevance, make_relevance
 
 CATS = {"a": ("apparel", "knit", "sweaters"), "b": ("apparel", "shoes", "boots"), "c": ("home", "lamps")}
 REF = [("apparel", "knit", "sweaters")]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rewards.item import Components, RewardWeights, category_relevance
+from streamrl.rewards.item import Components, RewardWeights, category_relevance
 
 
 def test_weighted_sum() -> None:

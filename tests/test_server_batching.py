@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 
-from checkpoints.serving import ServingRoot
-from configs.schema import ServingConfig
-from rl.decode import beam_search
-from rl.policy import PolicyShape, SidVocab, build_model, build_tokenizer
-from serving.batcher import Batcher, ServerMetrics
-from serving.server import Loaded, ModelHolder, make_server
+from streamrl.checkpoints.serving import ServingRoot
+from streamrl.configs.schema import ServingConfig
+from streamrl.rl.decode import beam_search
+from streamrl.rl.policy import PolicyShape, SidVocab, build_model, build_tokenizer
+from streamrl.serving.batcher import Batcher, ServerMetrics
+from streamrl.serving.server import Loaded, ModelHolder, make_server
 
 LEVELS = (8, 4, 4)
 

@@ -22,9 +22,9 @@ import pyarrow.parquet as pq
 import pytest
 from tiny_world import TINY_LEARN, build_tiny_world, start_server
 
-from checkpoints.push import push
-from checkpoints.serving import ServingRoot
-from checkpoints.store import CheckpointStore
+from streamrl.checkpoints.push import push
+from streamrl.checkpoints.serving import ServingRoot
+from streamrl.checkpoints.store import CheckpointStore
 
 
 @pytest.fixture(scope="module")
@@ -215,8 +215,8 @@ def test_plain_generate_with_the_shipped_constraint_returns_real_items(world: Pa
     """A pushed version through plain transformers: from_pretrained + generate + SidConstraint."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rl.policy import format_prompt
-    from serving.sid_constraint import SidConstraint
+    from streamrl.rl.policy import format_prompt
+    from streamrl.serving.sid_constraint import SidConstraint
 
     folder = ServingRoot(world / "serving", "tiny").version_path(1)
     tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
@@ -255,9 +255,9 @@ COMPAT = sorted(ROOT.glob(".venv-tf*/bin/python"))
 def test_older_transformers_load_and_decode_a_pushed_version(world: Path, server: str, python: Path) -> None:
     """The oldest supported transformers (4.45) and the last 4.x load a version pushed by this one
     (5.x), and streamrl's decoder and generate + SidConstraint run there, with the same answers."""
-    from rl.checkpointing import load_for_inference
-    from rl.decode import beam_search
-    from rl.policy import format_prompt
+    from streamrl.rl.checkpointing import load_for_inference
+    from streamrl.rl.decode import beam_search
+    from streamrl.rl.policy import format_prompt
 
     folder = ServingRoot(world / "serving", "tiny").version_path(1)
     model, tok, book, vocab = load_for_inference(folder)

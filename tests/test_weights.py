@@ -7,9 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from configs.schema import RewardWeightsConfig
-from rewards.item import Components
-from rewards.weights import ItemInfo, RewardPolicy, WeightsError, WeightsStore, WeightsWatcher, default_policy
+from streamrl.configs.schema import RewardWeightsConfig
+from streamrl.rewards.item import Components
+from streamrl.rewards.weights import (
+    ItemInfo,
+    RewardPolicy,
+    WeightsError,
+    WeightsStore,
+    WeightsWatcher,
+    default_policy,
+)
 
 GOOD = """
 weights: {click_order: 1.0, ctr: 0.5, relevance: 2.0}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from stream.synthetic import SynthSpec, generate
+from streamrl.stream.synthetic import SynthSpec, generate
 
 SPEC = SynthSpec(
     requests=400,

@@ -23,10 +23,10 @@ from integration.helpers import (
     start_joiner,
 )
 
-from configs import StreamrlConfig, load_config
-from stream import kafka_io
-from stream.joiner import Joiner
-from stream.records import SKIPPED_BATCHES
+from streamrl.configs import StreamrlConfig, load_config
+from streamrl.stream import kafka_io
+from streamrl.stream.joiner import Joiner
+from streamrl.stream.records import SKIPPED_BATCHES
 
 from .hostile import clean, hostile, mixed
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from rl.policy import MAX_QUERY_TOKENS, build_tokenizer, format_prompt
-from stream.kafka_io import split_by_bytes
-from stream.records import RECORD_SCHEMA, SKIPPED_BATCHES, BadBatch, decode_batch, decode_or_skip
+from streamrl.rl.policy import MAX_QUERY_TOKENS, build_tokenizer, format_prompt
+from streamrl.stream.kafka_io import split_by_bytes
+from streamrl.stream.records import RECORD_SCHEMA, SKIPPED_BATCHES, BadBatch, decode_batch, decode_or_skip
 
 
 def _records(n: int, query_chars: int) -> pa.Table:
@@ -65,8 +65,8 @@ def test_the_streaming_learner_refuses_records_it_cannot_use() -> None:
     from collections import Counter
     from types import SimpleNamespace
 
-    from configs import load_config
-    from rl.streaming import StreamingLearner
+    from streamrl.configs import load_config
+    from streamrl.rl.streaming import StreamingLearner
 
     letters: list[dict] = []
     fake = SimpleNamespace(cfg=load_config(), refused=Counter(), _dead_letter=letters.append)

@@ -14,10 +14,10 @@ import pytest
 from integration.test_learner_stream import _learn
 from tiny_world import build_tiny_world
 
-from checkpoints.files import sha256_file
-from checkpoints.store import CheckpointStore, verify
-from configs import StreamrlConfig
-from stream import kafka_io
+from streamrl.checkpoints.files import sha256_file
+from streamrl.checkpoints.store import CheckpointStore, verify
+from streamrl.configs import StreamrlConfig
+from streamrl.stream import kafka_io
 
 pytestmark = pytest.mark.integration
 

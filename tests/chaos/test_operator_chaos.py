@@ -13,8 +13,8 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from checkpoints.serving import ServingError, ServingRoot
-from configs.schema import RewardsFile
+from streamrl.checkpoints.serving import ServingError, ServingRoot
+from streamrl.configs.schema import RewardsFile
 
 PROMO = """
 promotions:

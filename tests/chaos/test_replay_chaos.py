@@ -12,9 +12,9 @@ import orjson
 import pyarrow.parquet as pq
 import pytest
 
-from configs import load_config
-from stream.replay import ReplayInputError, replay
-from stream.synthetic import SynthSpec, generate
+from streamrl.configs import load_config
+from streamrl.stream.replay import ReplayInputError, replay
+from streamrl.stream.synthetic import SynthSpec, generate
 
 from .hostile import SPEC, clean, hostile, mixed
 

@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 from tiny_world import TINY_LEARN, build_tiny_world, start_server
 
-from checkpoints.serving import ServingRoot
-from checkpoints.store import CheckpointStore
+from streamrl.checkpoints.serving import ServingRoot
+from streamrl.checkpoints.store import CheckpointStore
 
 
 def _sets(tmp: Path) -> list[str]:

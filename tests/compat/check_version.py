@@ -16,9 +16,9 @@ warnings.simplefilter("ignore")
 import transformers  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
-from rl.checkpointing import load_for_inference  # noqa: E402
-from rl.decode import beam_search  # noqa: E402
-from serving.sid_constraint import SidConstraint  # noqa: E402
+from streamrl.rl.checkpointing import load_for_inference  # noqa: E402
+from streamrl.rl.decode import beam_search  # noqa: E402
+from streamrl.serving.sid_constraint import SidConstraint  # noqa: E402
 
 folder, prompt = Path(sys.argv[1]), sys.argv[2]
 tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from configs import JoinConfig, StreamrlConfig
-from stream import kafka_io
-from stream.replay import replay
+from streamrl.configs import JoinConfig, StreamrlConfig
+from streamrl.stream import kafka_io
+from streamrl.stream.replay import replay
 
 # Short windows so the watermark moves within a test; disorder stays inside the lateness bound.
 TEST_JOIN = [

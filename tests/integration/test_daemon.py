@@ -17,11 +17,11 @@ import orjson
 import pytest
 from tiny_world import TINY_LEARN, build_tiny_world
 
-from checkpoints.serving import ServingRoot
-from checkpoints.store import verify
-from configs import StreamrlConfig
-from stream import kafka_io
-from stream.records import decode_batch
+from streamrl.checkpoints.serving import ServingRoot
+from streamrl.checkpoints.store import verify
+from streamrl.configs import StreamrlConfig
+from streamrl.stream import kafka_io
+from streamrl.stream.records import decode_batch
 
 from .helpers import TEST_JOIN, free_port, overrides, scrape
 
@@ -136,11 +136,11 @@ def test_event_to_served_version_restart_and_drain(kafka_cfg: StreamrlConfig, tm
         summary = json.loads(st.stdout)
         procs = summary["processes"]
         assert (
-            procs["joiner"]["ok"]
+            procs["joiner-0"]["ok"]
             and procs["learner"]["ok"]
             and procs["supervisor"]["children"]["learner"]["up"]
         )
-        assert "lag" in procs["joiner"] and procs["learner"]["step"] >= 1
+        assert "lag" in procs["joiner-0"] and procs["learner"]["step"] >= 1
         assert summary["serving"]["served_version"] >= version and summary["weights_version"] == 0
         assert summary["last_error"] is None
         # a crashed learner is restarted and counted

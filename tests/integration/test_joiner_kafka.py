@@ -15,12 +15,12 @@ from pathlib import Path
 import orjson
 import pytest
 
-from configs import StreamrlConfig, load_config
-from stream import kafka_io
-from stream.archive import part_files
-from stream.events import Malformed, decode_event
-from stream.records import read_records
-from stream.synthetic import SynthSpec, generate
+from streamrl.configs import StreamrlConfig, load_config
+from streamrl.stream import kafka_io
+from streamrl.stream.archive import part_files
+from streamrl.stream.events import Malformed, decode_event
+from streamrl.stream.records import read_records
+from streamrl.stream.synthetic import SynthSpec, generate
 
 from .helpers import (
     TEST_JOIN,
@@ -165,7 +165,7 @@ def test_kill_9_loses_and_duplicates_nothing(kafka_cfg: StreamrlConfig, tmp_path
 
 
 def test_reader_drops_duplicates_even_across_restarts(kafka_cfg: StreamrlConfig) -> None:
-    from stream.records import records_table
+    from streamrl.stream.records import records_table
 
     cfg = kafka_cfg
     t = cfg.kafka.topics

@@ -19,9 +19,9 @@ import pytest
 from tiny_world import TINY_LEARN, build_tiny_world
 from transformers import AutoModelForCausalLM
 
-from checkpoints.store import CheckpointStore, verify
-from configs import StreamrlConfig
-from stream import kafka_io
+from streamrl.checkpoints.store import CheckpointStore, verify
+from streamrl.configs import StreamrlConfig
+from streamrl.stream import kafka_io
 
 from .helpers import free_port, overrides, scrape
 
@@ -222,12 +222,18 @@ def test_live_weights_scheduled_push_and_resume(kafka_cfg: StreamrlConfig, world
             "streamrl_learner_grad_norm ",
             "streamrl_learner_weights_version 1.0",
             "streamrl_learner_last_push_timestamp_seconds ",
+            'streamrl_learner_pushes_total{result="refused"}',
+            "process_resident_memory_bytes ",
+            "process_cpu_seconds_total ",
         ):
             assert series in text, (series, text[-3000:])
         served = re.search(r"^streamrl_learner_served_version (\S+)$", text, re.M)
         assert served and float(served.group(1)) >= 1.0
+        pushed = re.search(r'^streamrl_learner_pushes_total\{result="pushed"\} (\S+)$', text, re.M)
+        assert pushed and float(pushed.group(1)) >= 1.0
         health = json.loads(scrape(port, "/healthz"))
         assert health["ok"] and health["step"] >= 1 and health["weights_version"] == 1
+        assert health["member"] == "learner" and health["pid"] == proc.pid and health["heartbeat_age_s"] < 60
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0

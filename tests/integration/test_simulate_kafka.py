@@ -10,8 +10,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from configs import StreamrlConfig
-from stream import kafka_io
+from streamrl.configs import StreamrlConfig
+from streamrl.stream import kafka_io
 
 from .helpers import overrides
 

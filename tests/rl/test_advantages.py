@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from rl.advantages import POSITION_WEIGHTS, grpo_advantages, position_weights, tpma_advantages
+from streamrl.rl.advantages import POSITION_WEIGHTS, grpo_advantages, position_weights, tpma_advantages
 
 
 def released_code(

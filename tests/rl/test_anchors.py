@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from checkpoints.store import CheckpointStore
-from configs.schema import LearnConfig
-from rl.checkpointing import InitError, new_learner, save
-from rl.encoders import HashEncoder
-from rl.learner import Learner
-from rl.policy import PolicyShape, build_model, build_tokenizer
-from rl.sid import CatalogItem, SidCodebook, save_codebook
+from streamrl.checkpoints.store import CheckpointStore
+from streamrl.configs.schema import LearnConfig
+from streamrl.rl.checkpointing import InitError, new_learner, save
+from streamrl.rl.encoders import HashEncoder
+from streamrl.rl.learner import Learner
+from streamrl.rl.policy import PolicyShape, build_model, build_tokenizer
+from streamrl.rl.sid import CatalogItem, SidCodebook, save_codebook
 
 from .test_learner import _Recording, _records
 
@@ -178,8 +178,8 @@ def test_tpma_steps_for_any_sid_length(
 def test_a_warm_start_with_nothing_to_learn_is_refused_and_a_stop_saves_nothing(tmp_path: Path) -> None:
     import threading
 
-    from configs.schema import WarmStartConfig
-    from rl.warm import run_warm_start, warm_records
+    from streamrl.configs.schema import WarmStartConfig
+    from streamrl.rl.warm import run_warm_start, warm_records
 
     learner = _learner(algo="tpma", beta=0.1)
     unengaged = [

@@ -10,9 +10,9 @@ import warnings
 import pytest
 import torch
 
-from rl.decode import beam_search
-from rl.policy import PolicyShape, SidVocab, build_model, build_tokenizer, sequence_logp
-from rl.trie import SidTrie
+from streamrl.rl.decode import beam_search
+from streamrl.rl.policy import PolicyShape, SidVocab, build_model, build_tokenizer, sequence_logp
+from streamrl.rl.trie import SidTrie
 
 LEVELS = (6, 4, 3, 2)
 
@@ -78,7 +78,7 @@ def test_decoder_passes_no_deprecated_cache_argument() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)
         beam_search(model, tok, ["q"], vocab, beam=4)
-        from rl.policy import rollout
+        from streamrl.rl.policy import rollout
 
         rollout(model, tok, ["q"], vocab, G=2, constrained=True)
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from configs.schema import LearnConfig
-from rl.encoders import HashEncoder
-from rl.learner import Learner
-from rl.policy import PolicyShape, build_model, build_tokenizer
-from rl.sid import SidCodebook
+from streamrl.configs.schema import LearnConfig
+from streamrl.rl.encoders import HashEncoder
+from streamrl.rl.learner import Learner
+from streamrl.rl.policy import PolicyShape, build_model, build_tokenizer
+from streamrl.rl.sid import SidCodebook
 
 
 def _records() -> list[dict]:
@@ -124,7 +124,7 @@ def test_components_come_from_the_record_or_the_relevance_source_once_per_reques
 def test_a_local_pretrained_model_gets_sid_tokens_and_trains(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from transformers import AutoModelForCausalLM
 
-    from rl.policy import load_pretrained
+    from streamrl.rl.policy import load_pretrained
 
     tok = build_tokenizer([])  # a "pretrained" model that has never seen a SID token
     base = build_model(tok, PolicyShape(hidden=32, layers=1, heads=2, intermediate=64))
@@ -149,8 +149,8 @@ def test_a_local_pretrained_model_gets_sid_tokens_and_trains(tmp_path) -> None: 
 
 
 def test_a_promotion_adds_its_bonus_and_is_logged_separately(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from configs.schema import RewardWeightsConfig
-    from rewards.weights import WeightsStore, default_policy
+    from streamrl.configs.schema import RewardWeightsConfig
+    from streamrl.rewards.weights import WeightsStore, default_policy
 
     store = WeightsStore(tmp_path, default_policy(RewardWeightsConfig(), 1.0, 3.0, 4.0))
     policy = store.apply(
@@ -179,7 +179,7 @@ def test_a_promotion_adds_its_bonus_and_is_logged_separately(tmp_path) -> None: 
 
 
 def test_a_step_with_non_finite_rewards_is_skipped_and_counted() -> None:
-    from rewards.item import Components
+    from streamrl.rewards.item import Components
 
     learner, _ = _tiny_learner(relevance=_Recording())
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from rl.loss import grpo_loss, tpma_grpo_loss
+from streamrl.rl.loss import grpo_loss, tpma_grpo_loss
 
 
 def test_tpma_loss_on_policy_is_minus_mean_gated_advantage() -> None:

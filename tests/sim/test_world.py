@@ -11,7 +11,7 @@ import orjson
 import pyarrow.parquet as pq
 import pytest
 
-from sim.world import Item, Query, relevance_tier
+from streamrl.sim.world import Item, Query, relevance_tier
 
 ROOT = Path(__file__).resolve().parents[2]
 WORLD = ROOT / "configs" / "world.yaml"
@@ -40,7 +40,7 @@ def test_same_seed_same_bytes_other_seed_other_world(tmp_path: Path) -> None:
 
 
 def test_items_first_then_requests_in_contract(tmp_path: Path) -> None:
-    from stream.events import ItemEvent, decode_event
+    from streamrl.stream.events import ItemEvent, decode_event
 
     lines = simulate(tmp_path, "e", "--requests", "200").read_bytes().splitlines()
     kinds = [type(decode_event(x)).__name__ for x in lines]  # every line decodes: the contract
