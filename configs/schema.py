@@ -8,14 +8,38 @@ and SSL key password are read from the environment (see `KafkaConfig.secrets_fro
 
 from __future__ import annotations
 
+import importlib.util
 import os
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+TopicName = Literal["impressions", "clicks", "orders", "items", "rewards", "dlq"]
+Compression = Literal["zstd", "lz4", "gzip", "snappy", "none"]
+
+
+class TopicSettings(Section):
+    """One topic's settings, used when streamrl creates it (`ensure_topics`) and by the producers
+    streamrl runs on it; a field left out falls back to the `kafka.topics` default."""
+
+    partitions: int | None = Field(None, ge=1)  # ops
+    replication_factor: int | None = Field(None, ge=1)  # ops: 3 on a production cluster
+    retention_ms: int | None = Field(None, ge=-1)  # ops: None = the broker's default; -1 keeps forever
+    compression: Compression | None = None  # ops: codec of the messages streamrl produces here
+    max_message_bytes: int | None = Field(None, ge=1024)  # ops: topic max.message.bytes (None: broker's)
+
+
+class ResolvedTopic(BaseModel):
+    name: str
+    partitions: int
+    replication_factor: int
+    compression: Compression
+    configs: dict[str, str]  # topic configs sent with CreateTopics
 
 
 class TopicsConfig(Section):
@@ -25,7 +49,35 @@ class TopicsConfig(Section):
     items: str = "streamrl.items"  # issue #2 contract, key = item_id
     rewards: str = "streamrl.rewards"  # output: reward records, JSON batches (docs/architecture.md)
     dlq: str = "streamrl.dlq"  # output: dead letters with reason and provenance
-    partitions: int = Field(4, ge=1)  # ops: partitions created for each topic by `ensure_topics`
+    # Defaults for every topic `ensure_topics` creates; `settings.<topic>` overrides them per topic.
+    partitions: int = Field(4, ge=1)  # ops: impressions, clicks and orders must keep equal counts
+    replication_factor: int = Field(1, ge=1)  # ops: 1 suits the local broker; 3 in production
+    compression: Compression = "zstd"  # ops: codec of what streamrl produces (rewards, dlq, simulator)
+    settings: dict[TopicName, TopicSettings] = {}  # ops: per topic, e.g. rewards: {retention_ms: …}
+
+    def resolve(self, name: str) -> ResolvedTopic:
+        """The effective settings of the topic called `name` (defaults for a name not configured here)."""
+        logical = next((t for t in get_args(TopicName) if getattr(self, t) == name), None)
+        own = (self.settings.get(logical) if logical else None) or TopicSettings()
+        codec = own.compression or self.compression
+        # the broker keeps what streamrl's producers send as it is (no recompression)
+        configs: dict[str, str] = {"compression.type": "uncompressed" if codec == "none" else codec}
+        if own.retention_ms is not None:
+            configs["retention.ms"] = str(own.retention_ms)
+        if own.max_message_bytes is not None:
+            configs["max.message.bytes"] = str(own.max_message_bytes)
+        return ResolvedTopic(
+            name=name,
+            partitions=own.partitions or self.partitions,
+            replication_factor=own.replication_factor or self.replication_factor,
+            compression=codec,
+            configs=configs,
+        )
+
+
+OAUTH_TOKEN_ENV = "STREAMRL_KAFKA_OAUTH_TOKEN"
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI", "AWS_MSK_IAM"]
+SASL_PACKAGES = {"GSSAPI": "gssapi", "AWS_MSK_IAM": "botocore"}  # what kafka-python imports for them
 
 
 class KafkaConfig(Section):
@@ -34,8 +86,16 @@ class KafkaConfig(Section):
     bootstrap_servers: str = "127.0.0.1:9092"  # ops: host:port[,host:port]
     client_id: str = "streamrl"  # ops
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
+    # ops: the SASL mechanisms kafka-python supports; GSSAPI needs the `gssapi` package, AWS_MSK_IAM
+    # `botocore` (installed by the operator, checked at start)
+    sasl_mechanism: SaslMechanism | None = None
     sasl_plain_username: str | None = None  # ops; the password comes from $STREAMRL_KAFKA_SASL_PASSWORD
+    # ops: OAUTHBEARER reads the access token from this file at every (re)authentication, so the
+    # platform's refresher (a sidecar, a workload-identity agent) keeps it fresh; else a fixed token
+    # from $STREAMRL_KAFKA_OAUTH_TOKEN
+    sasl_oauth_token_file: str | None = None
+    sasl_kerberos_service_name: str = "kafka"  # ops: GSSAPI
+    sasl_kerberos_domain_name: str | None = None  # ops: GSSAPI
     ssl_cafile: str | None = None  # ops: path to CA bundle
     ssl_certfile: str | None = None  # ops: client certificate (PEM)
     ssl_keyfile: str | None = None  # ops: client key; its password from $STREAMRL_KAFKA_SSL_PASSWORD
@@ -48,8 +108,36 @@ class KafkaConfig(Section):
     heartbeat_interval_ms: int = Field(2000, ge=100)  # ops
     topics: TopicsConfig = TopicsConfig()
 
+    @model_validator(mode="after")
+    def _sasl(self) -> KafkaConfig:
+        m = self.sasl_mechanism
+        if m and not self.security_protocol.startswith("SASL_"):
+            raise ValueError(
+                f"kafka.sasl_mechanism {m} needs kafka.security_protocol SASL_SSL (or SASL_PLAINTEXT), "
+                f"not {self.security_protocol}"
+            )
+        if self.security_protocol.startswith("SASL_") and not m:
+            raise ValueError(f"kafka.security_protocol {self.security_protocol} needs kafka.sasl_mechanism")
+        if m in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512") and not self.sasl_plain_username:
+            raise ValueError(
+                f"kafka.sasl_mechanism {m} needs kafka.sasl_plain_username "
+                "(the password comes from $STREAMRL_KAFKA_SASL_PASSWORD)"
+            )
+        if m == "OAUTHBEARER" and not (self.sasl_oauth_token_file or os.environ.get(OAUTH_TOKEN_ENV)):
+            raise ValueError(
+                "kafka.sasl_mechanism OAUTHBEARER needs a token: set kafka.sasl_oauth_token_file (a file "
+                f"your platform keeps fresh) or ${OAUTH_TOKEN_ENV}"
+            )
+        if m in SASL_PACKAGES and importlib.util.find_spec(SASL_PACKAGES[m]) is None:
+            raise ValueError(
+                f"kafka.sasl_mechanism {m} needs the Python package {SASL_PACKAGES[m]!r}, not installed "
+                f"here: pip install {SASL_PACKAGES[m]}"
+            )
+        return self
+
     def client_kwargs(self) -> dict[str, object]:
-        """kafka-python keyword arguments shared by consumers, producers and admin clients."""
+        """kafka-python keyword arguments shared by consumers, producers and admin clients (the
+        OAUTHBEARER token provider is added by stream/kafka_io.py, the one module that imports kafka)."""
         kw: dict[str, object] = {
             "bootstrap_servers": self.bootstrap_servers.split(","),
             "client_id": self.client_id,
@@ -57,8 +145,12 @@ class KafkaConfig(Section):
         }
         if self.sasl_mechanism:
             kw["sasl_mechanism"] = self.sasl_mechanism
+        if self.sasl_mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
             kw["sasl_plain_username"] = self.sasl_plain_username
             kw["sasl_plain_password"] = os.environ.get("STREAMRL_KAFKA_SASL_PASSWORD")
+        if self.sasl_mechanism == "GSSAPI":
+            kw["sasl_kerberos_service_name"] = self.sasl_kerberos_service_name
+            kw["sasl_kerberos_domain_name"] = self.sasl_kerberos_domain_name
         for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
             if getattr(self, name):
                 kw[name] = getattr(self, name)
@@ -324,6 +416,12 @@ class StreamrlConfig(Section):
         if self.kafka.heartbeat_interval_ms * 3 > self.kafka.session_timeout_ms:
             raise ValueError("kafka.heartbeat_interval_ms must be at most a third of session_timeout_ms")
         self._own_ports()
+        cap = self.kafka.topics.resolve(self.kafka.topics.rewards).configs.get("max.message.bytes")
+        if cap and self.joiner.max_batch_bytes > int(cap) - 64 * 1024:
+            raise ValueError(
+                f"joiner.max_batch_bytes {self.joiner.max_batch_bytes} must stay 64 KiB under the rewards "
+                f"topic's max.message.bytes {cap} (room for the message framing and headers)"
+            )
         return self
 
     def _own_ports(self) -> None:

@@ -280,7 +280,7 @@ class StreamingLearner:
             if self._dlq is None:
                 from streamrl.stream import kafka_io
 
-                self._dlq = kafka_io.make_producer(self.cfg.kafka)
+                self._dlq = kafka_io.make_producer(self.cfg.kafka, self.cfg.kafka.topics.dlq)
             self._dlq.send(self.cfg.kafka.topics.dlq, value=orjson.dumps(letter))
         except Exception as exc:  # the count and the log line stay even when the broker does not
             log.warning("could not dead-letter %s: %r", letter, exc)

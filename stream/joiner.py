@@ -94,7 +94,8 @@ class Joiner:
     def setup(self) -> None:
         k = self.cfg.kafka
         kafka_io.ensure_topics(k, [*self.inputs, self.topics.items, self.topics.rewards, self.topics.dlq])
-        self.producer = kafka_io.make_producer(k)
+        kafka_io.check_copartitioned(k, self.inputs)  # refused at start, before anything is read
+        self.producer = kafka_io.make_producer(k, self.topics.rewards)
         self.out_parts = len(self.producer.partitions_for(self.topics.rewards))
         self._recover()
         # Long-lived join state is mostly acyclic; a full collection over it every few hundred
@@ -352,6 +353,9 @@ def run_joiner(cfg: StreamrlConfig, stop: threading.Event, archive: bool = True)
         joiner.setup()
         if archiver:
             archiver.setup()
+    except kafka_io.TopicsError as exc:  # a layout the join cannot run on: refused, exit 2
+        log.error("joiner refused to start: %s", exc)
+        return 2
     except Exception:
         log.exception("joiner setup failed")
         return 1

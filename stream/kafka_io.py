@@ -7,8 +7,11 @@ through untouched) and moves bytes. Join logic lives in stream/join.py, the loop
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import time
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -22,8 +25,9 @@ from kafka import (
 )
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
+from kafka.net.sasl.oauth import AbstractTokenProvider
 
-from streamrl.configs.schema import KafkaConfig, TopicsConfig
+from streamrl.configs.schema import OAUTH_TOKEN_ENV, KafkaConfig, TopicsConfig
 from streamrl.stream.dedup import FirstSeen
 from streamrl.stream.records import CONTENT_TYPE, Record, decode_or_skip, encode_batch
 
@@ -34,6 +38,8 @@ __all__ = [
     "OffsetAndMetadata",
     "RewardReader",
     "TopicPartition",
+    "TopicsError",
+    "check_copartitioned",
     "ensure_topics",
     "make_consumer",
     "make_producer",
@@ -43,22 +49,71 @@ __all__ = [
 ]
 
 
+log = logging.getLogger("streamrl.kafka")
+
+
+class TokenProvider(AbstractTokenProvider):
+    """OAUTHBEARER tokens: the file `kafka.sasl_oauth_token_file` re-read at each (re)authentication
+    (so a platform refresher keeps it fresh), else the fixed $STREAMRL_KAFKA_OAUTH_TOKEN."""
+
+    def __init__(self, path: str | None) -> None:
+        super().__init__()
+        self.path = Path(path) if path else None
+
+    def token(self) -> str:
+        if self.path is not None:
+            value = self.path.read_text(encoding="utf-8").strip()
+            if not value:
+                raise ValueError(f"OAUTHBEARER token file {self.path} is empty")
+            return value
+        value = os.environ.get(OAUTH_TOKEN_ENV, "").strip()
+        if not value:
+            raise ValueError(f"OAUTHBEARER: ${OAUTH_TOKEN_ENV} is empty and no token file is configured")
+        return value
+
+
+def client_kwargs(kcfg: KafkaConfig) -> dict[str, Any]:
+    """`KafkaConfig.client_kwargs` plus what only a kafka object can carry (the token provider)."""
+    kw = dict(kcfg.client_kwargs())
+    if kcfg.sasl_mechanism == "OAUTHBEARER":
+        kw["sasl_oauth_token_provider"] = TokenProvider(kcfg.sasl_oauth_token_file)
+    return kw
+
+
+class TopicsError(RuntimeError):
+    """Topics that exist but cannot carry the join as configured (refused at start-up)."""
+
+
 def ensure_topics(
     kcfg: KafkaConfig, names: Iterable[str], partitions: int | None = None, timeout_s: float = 30.0
-) -> None:
-    """Create missing topics (idempotent) and wait until the broker reports their partitions."""
+) -> list[dict[str, Any]]:
+    """Create missing topics (idempotent) with their configured partitions, replication factor and
+    topic configs (retention.ms, max.message.bytes, compression.type; configs/schema.py
+    TopicsConfig), and wait until the broker reports their partitions. An existing topic is left as
+    it is. Returns the broker's answer for each topic created."""
     names = list(names)
-    n = partitions or kcfg.topics.partitions
-    admin = KafkaAdminClient(**kcfg.client_kwargs())
+    admin = KafkaAdminClient(**client_kwargs(kcfg))
+    created: list[dict[str, Any]] = []
     try:
         existing = set(admin.list_topics())
-        missing = [NewTopic(name, n, 1) for name in names if name not in existing]
+        missing = []
+        for name in names:
+            if name in existing:
+                continue
+            t = kcfg.topics.resolve(name)
+            missing.append(
+                NewTopic(name, partitions or t.partitions, t.replication_factor, topic_configs=t.configs)
+            )
         if missing:
             with contextlib.suppress(TopicAlreadyExistsError):  # a racing creator won
-                admin.create_topics(missing)
+                answer = admin.create_topics(missing)
+                created = list(answer.get("topics", []) if isinstance(answer, dict) else [])
+                log.info(
+                    "created topics %s", [(t.name, t.num_partitions, t.replication_factor) for t in missing]
+                )
     finally:
         admin.close()
-    probe = KafkaConsumer(**kcfg.client_kwargs())
+    probe = KafkaConsumer(**client_kwargs(kcfg))
     try:
         deadline = time.monotonic() + timeout_s
         while any(not probe.partitions_for_topic(name) for name in names):
@@ -67,17 +122,40 @@ def ensure_topics(
             time.sleep(0.1)
     finally:
         probe.close()
+    return created
 
 
-def make_producer(kcfg: KafkaConfig, **overrides: Any) -> KafkaProducer:
-    """acks=all: a record counts as durable only once every in-sync replica has it."""
+def check_copartitioned(kcfg: KafkaConfig, names: Iterable[str]) -> int:
+    """The join reads impressions, clicks and orders of one request from the same partition number
+    of each topic (all keyed by request_id with the default partitioner), so the three must have the
+    same partition count; a mismatch is refused with every count. Returns the count."""
+    probe = KafkaConsumer(**client_kwargs(kcfg))
+    try:
+        counts = {name: len(probe.partitions_for_topic(name) or ()) for name in names}
+    finally:
+        probe.close()
+    if len(set(counts.values())) > 1:
+        listed = ", ".join(f"{n}: {c}" for n, c in counts.items())
+        raise TopicsError(
+            f"the input topics are not co-partitioned ({listed}): the join needs every event of a "
+            "request in the same partition number of each topic (keyed by request_id); give them the "
+            "same partition count (and the same partitioner on the producing side)"
+        )
+    return next(iter(counts.values()))
+
+
+def make_producer(kcfg: KafkaConfig, topic: str | None = None, **overrides: Any) -> KafkaProducer:
+    """acks=all: a record counts as durable only once every in-sync replica has it. Messages are
+    compressed with the codec configured for `topic` (the topics default when None)."""
+    codec = kcfg.topics.resolve(topic or "").compression
     kw: dict[str, Any] = {
         "acks": "all",
         "linger_ms": 5,
         "batch_size": 512 * 1024,
         "max_request_size": 16 * 1024 * 1024,
         "retries": 5,
-        **kcfg.client_kwargs(),
+        "compression_type": None if codec == "none" else codec,
+        **client_kwargs(kcfg),
     }
     kw.update(overrides)
     return KafkaProducer(**kw)
@@ -92,7 +170,7 @@ def make_consumer(kcfg: KafkaConfig, group: str | None, **overrides: Any) -> Kaf
         "session_timeout_ms": kcfg.session_timeout_ms,
         "heartbeat_interval_ms": kcfg.heartbeat_interval_ms,
         "max_partition_fetch_bytes": 4 * 1024 * 1024,
-        **kcfg.client_kwargs(),
+        **client_kwargs(kcfg),
     }
     kw.update(overrides)
     return KafkaConsumer(**kw)

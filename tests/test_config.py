@@ -105,3 +105,61 @@ def test_each_process_gets_its_own_port() -> None:
     load_config(overrides=["run.joiners=2", "metrics.joiner_port=9111"])
     load_config(overrides=["run.joiners=2", "metrics.joiner_port=0"])  # no joiner endpoints: no clash
     load_config(path=Path(__file__).resolve().parents[1] / "configs" / "production.example.yaml")
+
+
+def test_sasl_settings_are_checked_and_oauthbearer_gets_a_token_provider(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from streamrl.stream import kafka_io
+
+    monkeypatch.delenv("STREAMRL_KAFKA_OAUTH_TOKEN", raising=False)
+    sasl = ["kafka.security_protocol=SASL_SSL"]
+    with pytest.raises(ConfigError, match="OAUTHBEARER needs a token"):
+        load_config(overrides=[*sasl, "kafka.sasl_mechanism=OAUTHBEARER"])
+    with pytest.raises(ConfigError, match=r"needs kafka\.security_protocol SASL_SSL"):
+        load_config(overrides=["kafka.sasl_mechanism=PLAIN", "kafka.sasl_plain_username=u"])
+    with pytest.raises(ConfigError, match=r"needs kafka\.sasl_plain_username"):
+        load_config(overrides=[*sasl, "kafka.sasl_mechanism=SCRAM-SHA-512"])
+    with pytest.raises(ConfigError, match=r"needs kafka\.sasl_mechanism"):
+        load_config(overrides=sasl)
+    with pytest.raises(ConfigError, match="pip install gssapi"):
+        load_config(overrides=[*sasl, "kafka.sasl_mechanism=GSSAPI"])
+    # a token file is re-read at each authentication: the platform's refresher keeps it fresh
+    token = tmp_path / "token"
+    token.write_text("tok-1\n")
+    cfg = load_config(
+        overrides=[*sasl, "kafka.sasl_mechanism=OAUTHBEARER", f"kafka.sasl_oauth_token_file={token}"]
+    )
+    provider = kafka_io.client_kwargs(cfg.kafka)["sasl_oauth_token_provider"]
+    assert provider.token() == "tok-1"
+    token.write_text("tok-2")
+    assert provider.token() == "tok-2"
+    # or a fixed token from the environment, never from the config file
+    monkeypatch.setenv("STREAMRL_KAFKA_OAUTH_TOKEN", "env-token")
+    cfg = load_config(overrides=[*sasl, "kafka.sasl_mechanism=OAUTHBEARER"])
+    assert kafka_io.client_kwargs(cfg.kafka)["sasl_oauth_token_provider"].token() == "env-token"
+    assert "env-token" not in cfg.model_dump_json()
+
+
+def test_topic_settings_resolve_per_topic_and_bound_the_reward_batches() -> None:
+    cfg = load_config(
+        overrides=[
+            "kafka.topics.replication_factor=3",
+            "kafka.topics.settings.rewards.partitions=12",
+            "kafka.topics.settings.rewards.compression=lz4",
+            "kafka.topics.settings.dlq.retention_ms=-1",
+        ]
+    )
+    t = cfg.kafka.topics
+    r = t.resolve(t.rewards)
+    assert (r.partitions, r.replication_factor, r.compression) == (12, 3, "lz4")
+    assert t.resolve(t.dlq).configs == {"compression.type": "zstd", "retention.ms": "-1"}
+    other = t.resolve("someone.elses.topic")  # defaults
+    assert (other.partitions, other.replication_factor, other.compression) == (4, 3, "zstd")
+    # a reward message must fit the rewards topic's max.message.bytes
+    with pytest.raises(ConfigError, match=r"max_batch_bytes 900000 must stay 64 KiB under"):
+        load_config(overrides=["kafka.topics.settings.rewards.max_message_bytes=900000"])
+    ok = load_config(overrides=["kafka.topics.settings.rewards.max_message_bytes=1048588"])
+    assert ok.joiner.max_batch_bytes == 900_000
+    with pytest.raises(ConfigError, match="compression"):
+        load_config(overrides=["kafka.topics.compression=brotli"])
