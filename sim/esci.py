@@ -2,7 +2,8 @@
 
 Source: ../shared/data/esci (Shopping Queries Dataset, Reddy et al. 2022, arXiv 2206.06588, via the
 OpenSearch search-relevance sample data; Apache-2.0): 150 real Amazon US queries and 6,678 judgments
-query → ASIN → Exact / Substitute / Complement / Irrelevant, which become tiers 3 / 2 / 1 / 0.
+query → ASIN → Exact / Substitute / Complement / Irrelevant, which become tiers 3 / 2 / 1 / 0. Without
+../shared, the 40-query sample shipped in sim/data/esci (same licence and attribution) is used.
 
 Items are the judged ASINs. ESCI ships no titles or categories, so an item's text is derived from
 the queries that judged it: its title is the query it is Exact for (the first such, in file order),
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -23,15 +25,25 @@ import numpy as np
 
 from streamrl.sim.world import Item, Query, User, World, WorldConfig, _zipf_weights
 
+log = logging.getLogger("streamrl.sim.esci")
 RATING_TIER = {"100.000": 3, "10.000": 2, "1.000": 1, "0.000": 0}
 
 
+SAMPLE = Path(__file__).parent / "data" / "esci"  # 40 queries, shipped in the package (data/README.md)
+
+
 def esci_dir(cfg: WorldConfig) -> Path:
+    """`esci_dir` from the world file, else the full fixture in $STREAMRL_SHARED or ../shared beside
+    the checkout, else the sample shipped with streamrl."""
     if cfg.esci_dir:
         return Path(cfg.esci_dir)
     shared = os.environ.get("STREAMRL_SHARED")
     root = Path(shared) if shared else Path(__file__).resolve().parents[2] / "shared"
-    return root / "data" / "esci"
+    full = root / "data" / "esci"
+    if (full / "esci_us_judgments.json").exists():
+        return full
+    log.info("ESCI: %s not found; using the 40-query sample shipped in %s", full, SAMPLE)
+    return SAMPLE
 
 
 def load_judgments(folder: Path) -> dict[str, dict[str, int]]:

@@ -43,6 +43,8 @@ def test_only_streamrl_lands_in_site_packages(wheel: Path) -> None:
         assert f"streamrl/{package}/__init__.py" in names, package
     assert "streamrl/configs/default.yaml" in names
     assert "streamrl/configs/world.yaml" in names
+    for sample in ("README.md", "esci/esci_us_judgments.json", "otto/train_sample.jsonl"):
+        assert f"streamrl/sim/data/{sample}" in names, sample  # the licensed samples, with attribution
 
 
 def test_the_installed_package_runs_outside_the_repository(wheel: Path, tmp_path: Path) -> None:

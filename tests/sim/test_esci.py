@@ -10,6 +10,7 @@ from pathlib import Path
 
 import orjson
 import pyarrow.parquet as pq
+import pytest
 from conftest import shared_data
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,3 +61,21 @@ def test_esci_world_tiers_equal_the_judgments(tmp_path: Path) -> None:
     assert {c["item_id"] for c in catalog} == {a for _, a in want}
     exact_titles = {c["title"] for c in catalog if not c["title"].startswith("related to ")}
     assert exact_titles <= {q for q, _ in want}
+
+
+def test_without_shared_the_shipped_sample_builds_the_esci_world(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A clean clone (or an install) with no ../shared: the ESCI world runs on the 40-query sample in
+    sim/data/esci, shipped with its attribution (sim/data/README.md)."""
+    from streamrl.sim.esci import SAMPLE, esci_dir, load_judgments
+    from streamrl.sim.world import build_world, load_world_config
+
+    monkeypatch.setenv("STREAMRL_SHARED", "/nonexistent")
+    cfg = load_world_config(ROOT / "configs/world-esci.yaml")
+    assert esci_dir(cfg) == SAMPLE
+    judged = load_judgments(SAMPLE)
+    assert len(judged) == 40 and {t for tiers in judged.values() for t in tiers.values()} == {0, 1, 2, 3}
+    world = build_world(cfg)
+    assert {q.text for q in world.queries} == set(judged)
+    assert {i.item_id for i in world.items} == {a for tiers in judged.values() for a in tiers}
+    notice = (SAMPLE.parent / "README.md").read_text()
+    assert "Reddy et al." in notice and "Apache-2.0" in notice and "CC BY 4.0" in notice
