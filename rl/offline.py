@@ -21,6 +21,7 @@ from streamrl.checkpoints.store import LEARNER_ONLY, MANIFEST, CheckpointStore
 from streamrl.configs.schema import JoinConfig, LearnConfig
 from streamrl.rewards.weights import RewardPolicy
 from streamrl.rl.checkpointing import level_sizes, new_learner, resolve, save
+from streamrl.rl.curves import Curves
 from streamrl.stream.records import read_records
 
 __all__ = ["level_sizes", "load_records", "run_offline"]
@@ -56,9 +57,11 @@ def run_offline(
     history: list[dict[str, float]] = []
     start = time.monotonic()
     last: dict[str, float] = {}
+    curves = Curves(out, cfg.tensorboard)
     for step in range(1, steps + 1):
         stats = learner.step(learner.make_batch(rng.sample(prompts, min(cfg.batch_prompts, len(prompts)))))
         last = stats.values
+        curves.scalars("train", {**stats.values, "skipped": stats.skipped}, learner.steps)
         if step % log_every == 0 or step == steps:
             history.append({"step": step, **stats.values, "skipped": float(stats.skipped)})
             print(json.dumps(history[-1]), flush=True)
@@ -73,7 +76,9 @@ def run_offline(
         "weights_version": learner.policy.version,
         "init_from": str(init) if init else None,
         "last": last,
+        "tensorboard": str(curves.path) if curves.path else None,
     }
+    curves.close()
     path = save(CheckpointStore(out), learner, metrics=last, extra={"summary": summary, "history": history})
     export(path, out)
     summary["checkpoint"] = str(path)

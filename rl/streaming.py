@@ -46,6 +46,7 @@ from streamrl.checkpoints.store import CheckpointError, CheckpointStore
 from streamrl.configs.schema import StreamrlConfig
 from streamrl.rewards.weights import WeightsStore, WeightsWatcher, default_policy
 from streamrl.rl.checkpointing import new_learner, pin_codebook, resolve, save
+from streamrl.rl.curves import Curves
 from streamrl.rl.gate import heldout_evaluator
 from streamrl.rl.learner_metrics import publish
 from streamrl.rl.warm import run_warm_start, warm_records
@@ -107,6 +108,7 @@ class StreamingLearner:
         self.last_metrics: dict[str, float] = {}
         self._next_reset_check = 0.0
         self.metrics = ProcessMetrics("learner", cfg.metrics.stale_after_s)
+        self.curves = Curves(run_dir, cfg.learn.tensorboard)  # RUN_DIR/tensorboard (rl/curves.py)
         self.records_in = 0
         self.rollouts = 0
         self.rate_window: deque[tuple[float, int]] = deque(maxlen=64)  # (time, rollouts so far)
@@ -162,6 +164,7 @@ class StreamingLearner:
             )
             self.last_error = None
             self.push_outcomes[result.outcome] += 1
+            self.curves.push(result.as_dict(), self.learner.steps)
             log.info("scheduled push: %s", json.dumps(result.as_dict()))
         except Exception as exc:
             self.last_error = f"scheduled push failed: {exc}"
@@ -190,6 +193,7 @@ class StreamingLearner:
 
         def progress(step: int, of: int, loss: float) -> None:
             self.warm = {"step": step, "of": of, "loss": loss}
+            self.curves.scalars("warm_start", {"loss": loss}, step)
             self._publish(force=True)
 
         self.warm = {"step": 0, "of": wc.steps}
@@ -230,6 +234,9 @@ class StreamingLearner:
                     "buffer": len(self.buffer),
                 }
                 print(json.dumps({**line, "heldout": len(self.heldout), **stats.values}), flush=True)
+                self.curves.scalars(
+                    "train", {**line, "heldout": len(self.heldout), **stats.values}, learner.steps
+                )
             self._publish()
             due = ck.every_steps is not None and learner.steps - self.last_saved_step >= ck.every_steps
             if (due or self.tick.is_set()) and learner.steps > self.last_saved_step:  # 5
@@ -372,9 +379,11 @@ def run_streaming(
     if sl.needs_warm_start:
         try:  # before the reader and the scheduler: no push precedes it
             if not sl.warm_start(stop):
+                sl.curves.close()
                 sl.metrics.stop()
                 return 0
         except BaseException:
+            sl.curves.close()
             sl.metrics.stop()
             raise
     reader = RewardReader(cfg.kafka, cfg.kafka.learn_group)
@@ -389,4 +398,5 @@ def run_streaming(
         if sl._dlq is not None:
             sl._dlq.flush()
             sl._dlq.close()
+        sl.curves.close()
         sl.metrics.stop()

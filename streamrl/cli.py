@@ -410,6 +410,8 @@ def learn(
         raise typer.Exit(2) from None
     print(json.dumps(summary), flush=True)  # the last stdout line: the run's summary, one JSON line
     console.print(f"checkpoint {summary['checkpoint']}")
+    if summary.get("tensorboard"):
+        console.print(f"curves {summary['tensorboard']} (tensorboard --logdir {summary['tensorboard']})")
 
 
 @app.command()

@@ -21,6 +21,7 @@ from transformers import AutoModelForCausalLM
 
 from streamrl.checkpoints.store import CheckpointStore, verify
 from streamrl.configs import StreamrlConfig
+from streamrl.rl.curves import read_scalars
 from streamrl.stream import kafka_io
 
 from .helpers import free_port, overrides, scrape
@@ -242,6 +243,11 @@ def test_live_weights_scheduled_push_and_resume(kafka_cfg: StreamrlConfig, world
     assert final is not None and final[0].step >= last and verify(final[0].path)["weights_version"] == 1
     history = [json.loads(x) for x in (serving / "history.jsonl").read_text().splitlines()]
     assert history[0]["action"] == "push" and history[0]["trigger"] == "scheduled"
+    # the steps and the push decisions as TensorBoard curves in the run folder
+    curves = read_scalars(tmp / "run" / "tensorboard")
+    steps = [s for s, _ in curves["train/loss"]]
+    assert steps == sorted(steps) and steps[-1] >= last
+    assert any(v == 1.0 for _, v in curves["push/pushed"]) and "push/hr_at_10" in curves
     # a restart resumes from the newest valid checkpoint and keeps counting (on new requests: the
     # group has committed everything so far)
     table = pq.read_table(tmp / "rec" / "records-00000.parquet")

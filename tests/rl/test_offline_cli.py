@@ -8,6 +8,8 @@ from pathlib import Path
 from tiny_world import TINY_LEARN, build_tiny_world, streamrl
 from transformers import AutoModelForCausalLM
 
+from streamrl.rl.curves import read_scalars
+
 
 def test_offline_learn_and_eval(tmp_path: Path) -> None:
     build_tiny_world(tmp_path)
@@ -29,6 +31,12 @@ def test_offline_learn_and_eval(tmp_path: Path) -> None:
     assert logged and all(v == v for v in logged[-2].values())  # finite (no NaN)
     summary = json.loads(proc.stdout.strip().splitlines()[-1])  # the summary: the last line, one JSON line
     assert summary["checkpoint"].endswith("0000000004") and summary["steps"] == 4
+    # every step's scalars as TensorBoard curves in the run folder, and the summary says where
+    assert summary["tensorboard"] == str(out / "tensorboard")
+    curves = read_scalars(out / "tensorboard")
+    assert [s for s, _ in curves["train/loss"]] == [1, 2, 3, 4]
+    assert {"train/reward_mean", "train/grad_norm", "train/skipped"} <= set(curves)
+    assert "curves " in proc.stderr
     ckpt = out / "checkpoints" / "0000000004"  # the store's layout (checkpoints/store.py)
     model = AutoModelForCausalLM.from_pretrained(str(ckpt), local_files_only=True)  # HF format
     assert model.config.vocab_size > 256
