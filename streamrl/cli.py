@@ -17,8 +17,7 @@ from rich.table import Table
 from streamrl import logs
 from streamrl.configs import ConfigError, StreamrlConfig, load_config
 
-app = typer.Typer(
-    add_completion=False,
+app = typer.Typer(  # shell completion: streamrl --install-completion (bash, zsh, fish, PowerShell)
     no_args_is_help=True,
     help="streamrl: a streaming TPMA-GRPO trainer for generative search.",
 )
@@ -42,8 +41,21 @@ def _root(
     """streamrl: a streaming TPMA-GRPO trainer for generative search."""
 
 
+# One name per concept across commands: --config/--set the daemon's settings, --run-dir a learner run
+# folder, --serving-root/--model the serving layout, --out a file or folder a command writes data
+# to, --step a checkpoint step, --checkpoint a checkpoint folder, --json one JSON line on stdout.
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override: section.key=value.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as one JSON line on stdout.")]
+RunDirOpt = Annotated[
+    Path | None,
+    typer.Option("--run-dir", help="Learner run folder: RUN_DIR/checkpoints/<step>/ (learn.run_dir)."),
+]
+
+
+def _emit(obj: object) -> None:
+    """The result as one JSON line on stdout (what --json promises)."""
+    print(json.dumps(obj, default=str, separators=(",", ":")), flush=True)
 
 
 def _config(path: Path | None, overrides: list[str] | None) -> StreamrlConfig:
@@ -78,10 +90,12 @@ def _counts_table(title: str, counts: dict[str, int]) -> Table:
 def replay(
     events: Annotated[list[Path], typer.Argument(help="Event JSON-lines files, in arrival order.")],
     out: Annotated[Path, typer.Option("--out", help="Output directory.")],
+    as_json: JsonOpt = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Join event files into reward records (DIR/*.parquet) and dead letters (DIR/dlq.jsonl)."""
+    """Join event files into reward records (DIR/*.parquet) and dead letters (DIR/dlq.jsonl). The
+    summary is one JSON line on stdout (--json: nothing else)."""
     from streamrl.stream.replay import ReplayInputError
     from streamrl.stream.replay import replay as run_replay
 
@@ -91,16 +105,15 @@ def replay(
     except ReplayInputError as exc:
         console.print(f"[red]cannot read input:[/red] {exc}")
         raise typer.Exit(2) from None
-    console.print(_counts_table(f"replay → {out}", dict(result.counts)))
-    print(
-        json.dumps(
-            {
-                "records": result.counts["records"],
-                "dead_letters": sum(v for k, v in result.counts.items() if k.startswith("dead_")),
-                "files": [str(p) for p in result.record_files],
-                "dlq": str(result.dlq_path),
-            }
-        )
+    if not as_json:
+        console.print(_counts_table(f"replay → {out}", dict(result.counts)))
+    _emit(
+        {
+            "records": result.counts["records"],
+            "dead_letters": sum(v for k, v in result.counts.items() if k.startswith("dead_")),
+            "files": [str(p) for p in result.record_files],
+            "dlq": str(result.dlq_path),
+        }
     )
 
 
@@ -156,14 +169,19 @@ def records(
 @app.command()
 def broker(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0 = a free one).")] = 0,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Start a local Kafka-protocol broker (Tansu, in memory) and keep it up until Ctrl-C."""
+    """Start a local Kafka-protocol broker (Tansu, in memory) and keep it up until Ctrl-C. Prints its
+    bootstrap address on stdout (--json: as {"bootstrap": …})."""
     from streamrl.stream.broker import LocalBroker
 
     stop = _stop_on_signals()
     with LocalBroker(port or None) as b:
         console.print(f"broker up: [bold]{b.bootstrap}[/bold] (in memory; Ctrl-C stops it)")
-        print(b.bootstrap, flush=True)
+        if as_json:
+            _emit({"bootstrap": b.bootstrap})
+        else:
+            print(b.bootstrap, flush=True)
         while not stop.wait(0.5):
             if b.proc is None or b.proc.poll() is not None:
                 console.print("[red]broker exited[/red]")
@@ -176,6 +194,7 @@ def synth(
     requests: int = 1000,
     seed: int = 0,
     faults: Annotated[float, typer.Option(help="Rate of each fault kind.")] = 0.0,
+    as_json: JsonOpt = False,
 ) -> None:
     """Write generated contract events (disordered, optional faults) for tests and demos."""
     from streamrl.stream.synthetic import SynthSpec, write_jsonl
@@ -190,7 +209,10 @@ def synth(
         malformed_rate=faults,
     )
     n = write_jsonl(spec, str(out))
-    console.print(f"wrote {n} events to {out}")
+    if as_json:
+        _emit({"events": n, "out": str(out)})
+    else:
+        console.print(f"wrote {n} events to {out}")
 
 
 @app.command()
@@ -220,10 +242,12 @@ def simulate(
             "users split by a stable hash over logging + these arms.",
         ),
     ] = None,
+    as_json: JsonOpt = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Simulated search traffic with known ground truth: item events, then requests."""
+    """Simulated search traffic with known ground truth: item events, then requests. The traffic
+    totals are one JSON line on stdout (--json: nothing else)."""
     from pydantic import ValidationError
 
     from streamrl.sim.closed_loop import ArmRanker, HttpRanker, LoopStats
@@ -262,11 +286,12 @@ def simulate(
     def report() -> None:
         if loop_stats:
             loop_stats.write_text("".join(json.dumps(r) + "\n" for r in stats.rows()))
-        print(json.dumps(stats.totals()), flush=True)  # machine-readable, on stdout
+        _emit(stats.totals())  # machine-readable, on stdout
 
     if out is not None:
         n = to_file(sim, n_req, out, writer, on_request)
-        console.print(f"wrote {n} events ({len(w.items)} items, {n_req} requests) to {out}")
+        if not as_json:
+            console.print(f"wrote {n} events ({len(w.items)} items, {n_req} requests) to {out}")
         report()
         return
     from streamrl.stream import kafka_io
@@ -277,7 +302,8 @@ def simulate(
     producer = kafka_io.make_producer(cfg.kafka, linger_ms=20)
     n, achieved = to_kafka(sim, n_req, producer, t, rate, duration, writer, on_request)
     producer.close()
-    console.print(f"produced {n} events at {achieved:.0f} events/s (asked {rate:.0f})")
+    if not as_json:
+        console.print(f"produced {n} events at {achieved:.0f} events/s (asked {rate:.0f})")
     report()
 
 
@@ -290,6 +316,7 @@ def import_kuaisearch(
     folder: Annotated[Path, typer.Argument(help="Folder with recall.jsonl, items.jsonl, ...")],
     out: Annotated[Path, typer.Option("--out", help="Events as JSON lines.")],
     time_index_s: Annotated[float, typer.Option(help="Seconds per time_index unit.")] = 60.0,
+    as_json: JsonOpt = False,
 ) -> None:
     """The KuaiSearch layout (OneSearch authors' dataset) → events for `streamrl replay`."""
     from streamrl.sim.kuaisearch import import_kuaisearch as run_import
@@ -298,7 +325,10 @@ def import_kuaisearch(
         console.print(f"[red]{folder} is not a folder[/red]")
         raise typer.Exit(1)
     counts = run_import(folder, out, time_index_s)
-    console.print(_counts_table(f"kuaisearch → {out}", dict(counts)))
+    if as_json:
+        _emit({"out": str(out), **dict(counts)})
+    else:
+        console.print(_counts_table(f"kuaisearch → {out}", dict(counts)))
 
 
 sids_app = typer.Typer(no_args_is_help=True, help="Semantic IDs of the catalog.")
@@ -314,8 +344,10 @@ def sids_build(
     levels: Annotated[str, typer.Option(help="Residual k-means sizes, coarse to fine.")] = "256,256,256",
     unique: Annotated[str, typer.Option(help="Unique levels x size.")] = "2x16",
     seed: int = 0,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Embed item text, quantise it into hierarchical semantic IDs, write the codebook."""
+    """Embed item text, quantise it into hierarchical semantic IDs, write the codebook. Its statistics
+    are one JSON line on stdout (--json: nothing else)."""
     from streamrl.rl.catalog import read_catalog
     from streamrl.rl.encoders import load_encoder
     from streamrl.rl.sid import SidCodebook, save_codebook
@@ -334,7 +366,10 @@ def sids_build(
     ids = sorted(catalog)
     book = SidCodebook(sizes, (n_unique, size)).build(ids, enc.encode([catalog[i].text() for i in ids]), seed)
     save_codebook(book, catalog, out, enc.name)
-    print(json.dumps(book.stats()))
+    stats = book.stats()
+    if not as_json:
+        console.print(f"codebook of {len(ids)} items in {out}: {stats}")
+    _emit(stats)
 
 
 @app.command()
@@ -342,9 +377,7 @@ def learn(
     sids: Annotated[
         Path | None, typer.Option(help="A `streamrl sids build` folder (default learn.sids_dir).")
     ] = None,
-    out: Annotated[
-        Path | None, typer.Option(help="Run folder: RUN_DIR/checkpoints/<step>/ (default learn.run_dir).")
-    ] = None,
+    run_dir: RunDirOpt = None,
     records: Annotated[
         Path | None,
         typer.Option(
@@ -383,7 +416,9 @@ def learn(
 
         logs.setup("learner", transformers=True)
         try:
-            code = run_streaming(cfg, sids or Path(cfg.learn.sids_dir), out, _stop_on_signals(), steps, seed)
+            code = run_streaming(
+                cfg, sids or Path(cfg.learn.sids_dir), run_dir, _stop_on_signals(), steps, seed
+            )
         except InitError as exc:
             console.print(f"[red]refused:[/red] {exc}")
             raise typer.Exit(2) from None
@@ -400,7 +435,7 @@ def learn(
             records,
             sids or Path(cfg.learn.sids_dir),
             steps,
-            out or Path(cfg.learn.run_dir),
+            run_dir or Path(cfg.learn.run_dir),
             seed,
             policy=policy,
             join=cfg.join,
@@ -434,7 +469,7 @@ def eval_cmd(
     k: int = 10,
     beam: int = 32,
     limit: Annotated[int, typer.Option(help="At most this many records.")] = 500,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """HR@K / MRR@K by constrained beam search, and the valid-SID rate of free decoding."""
     from streamrl.checkpoints.store import CheckpointError
@@ -448,7 +483,15 @@ def eval_cmd(
         console.print(f"[red]refused:[/red] {exc}")
         raise typer.Exit(2) from None
     result = evaluate(model, tok, book, vocab, load_records(records)[:limit], k, beam)
-    print(json.dumps(result) if as_json else result)
+    if as_json:
+        _emit(result)
+        return
+    table = Table(title=f"eval of {checkpoint} on {records}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in result.items():
+        table.add_row(name, f"{value:.4f}" if isinstance(value, float) else str(value))
+    Console().print(table)
 
 
 @app.command()
@@ -456,7 +499,9 @@ def demo(
     duration: Annotated[
         float, typer.Option(help="Seconds the whole run takes, set-up and warm start included.")
     ] = 480.0,
-    out: Annotated[Path, typer.Option(help="Run directory (emptied first).")] = Path("runs/demo"),
+    run_dir: Annotated[Path, typer.Option("--run-dir", help="The demo's run folder (emptied first).")] = Path(
+        "runs/demo"
+    ),
     encoder: Annotated[
         str, typer.Option(help="SID text encoder: minilm | hash | a local folder.")
     ] = "minilm",
@@ -469,7 +514,9 @@ def demo(
     from streamrl.demo import WORLD, run_demo
 
     logs.setup("demo", "WARNING", transformers=True)
-    code = run_demo(duration, out, console, _stop_on_signals(), encoder, world_file=world or WORLD, seed=seed)
+    code = run_demo(
+        duration, run_dir, console, _stop_on_signals(), encoder, world_file=world or WORLD, seed=seed
+    )
     raise typer.Exit(code)
 
 

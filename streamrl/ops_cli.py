@@ -20,15 +20,23 @@ from rich.table import Table
 from streamrl import logs
 from streamrl.checkpoints.serving import ServingError, ServingRoot
 from streamrl.checkpoints.store import CheckpointError, CheckpointStore, verify
-from streamrl.cli import ConfigOpt, SetOpt, _config, _stop_on_signals, app, console
+from streamrl.cli import (
+    ConfigOpt,
+    JsonOpt,
+    RunDirOpt,
+    SetOpt,
+    _config,
+    _emit,
+    _stop_on_signals,
+    app,
+    console,
+)
 from streamrl.configs import StreamrlConfig
 
-RunDirOpt = Annotated[Path | None, typer.Option("--run-dir", help="Learner run folder (learn.run_dir).")]
 RootOpt = Annotated[Path | None, typer.Option("--serving-root", help="SERVING_ROOT (serving.root).")]
 ModelOpt = Annotated[
     str | None, typer.Option("--model", help="Model name under SERVING_ROOT (serving.model).")
 ]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 AuthorOpt = Annotated[str | None, typer.Option("--author", help="Who (default: user@host).")]
 
 
@@ -39,11 +47,6 @@ def _serving(cfg: StreamrlConfig, root: Path | None, model: str | None) -> Servi
 def _refuse(msg: object) -> None:
     console.print(f"[red]refused:[/red] {msg}")
     raise typer.Exit(2)
-
-
-def _print(obj: Any) -> None:
-    """`--json` output: one line, so `... --json | tail -1 | jq` and line-based tools just work."""
-    print(json.dumps(obj, default=str), flush=True)
 
 
 # -- serve ----------------------------------------------------------------------------------------
@@ -76,7 +79,7 @@ app.add_typer(push_app, name="push")
 @push_app.callback()
 def push_now(
     ctx: typer.Context,
-    checkpoint: Annotated[int | None, typer.Option("--checkpoint", help="Step (default: newest).")] = None,
+    step: Annotated[int | None, typer.Option("--step", help="Checkpoint step (default: newest).")] = None,
     run_dir: RunDirOpt = None,
     serving_root: RootOpt = None,
     model: ModelOpt = None,
@@ -84,7 +87,7 @@ def push_now(
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """`streamrl push [--checkpoint STEP]`: gate (hashes, finite parameters, held-out HR@10), copy as the
+    """`streamrl push [--step STEP]`: gate (hashes, finite parameters, held-out HR@10), copy as the
     next version, notify the server if `push.notify_url` is set."""
     if ctx.invoked_subcommand is not None:
         return
@@ -98,7 +101,7 @@ def push_now(
     result = push(
         CheckpointStore(rd),
         _serving(cfg, serving_root, model),
-        step=checkpoint,
+        step=step,
         evaluate=heldout_evaluator(rd / HELDOUT, pc.eval_records, pc.eval_beam, cfg.learn),
         max_regression=pc.max_regression,
         min_distinct_top1=pc.min_distinct_top1,
@@ -107,7 +110,7 @@ def push_now(
         verify_timeout_s=pc.verify_timeout_s,
     )
     if as_json:
-        _print(result.as_dict())
+        _emit(result.as_dict())
     if not result.pushed:
         _refuse(result.reason)
     if not as_json:
@@ -129,6 +132,7 @@ def push_resume(
     author: AuthorOpt = None,
     serving_root: RootOpt = None,
     model: ModelOpt = None,
+    as_json: JsonOpt = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -137,6 +141,9 @@ def push_resume(
     serving = _serving(cfg, serving_root, model)
     serving.resume(reason, author)
     _notify(cfg)
+    if as_json:
+        _emit({"served_version": serving.served(), "policy": serving.policy()})
+        return
     console.print(f"serving follows the latest version ({serving.served()}); scheduled pushes resume")
 
 
@@ -152,6 +159,7 @@ def rollback(
     author: AuthorOpt = None,
     serving_root: RootOpt = None,
     model: ModelOpt = None,
+    as_json: JsonOpt = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -166,6 +174,9 @@ def rollback(
     except ServingError as exc:
         _refuse(exc)
     _notify(cfg)
+    if as_json:
+        _emit(policy)
+        return
     console.print(
         f"serving pinned to version {policy['version']} (step {policy['step']}); scheduled pushes held"
         + ("; the learner will continue from it" if reset_learner else "")
@@ -227,7 +238,7 @@ def checkpoints_list(
             }
         )
     if as_json:
-        _print(rows)
+        _emit(rows)
         return
     table = Table(title=f"checkpoints in {store.root}")
     for col in ("step", "created", "valid", "weights", "pushed as", "reward_mean", "loss"):
@@ -262,6 +273,7 @@ def serving_repair(
     author: AuthorOpt = None,
     serving_root: RootOpt = None,
     model: ModelOpt = None,
+    as_json: JsonOpt = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -270,6 +282,9 @@ def serving_repair(
     cfg = _config(config, set_)
     policy = _serving(cfg, serving_root, model).repair(reason, author)
     _notify(cfg)
+    if as_json:
+        _emit(policy)
+        return
     where = (
         f"pinned to version {policy['version']}"
         if policy["mode"] == "pinned"
@@ -294,7 +309,7 @@ def serving_status(
         _refuse(exc)
     status["server"] = _server_version(cfg)
     if as_json:
-        _print(status)
+        _emit(status)
         return
     pol = status["policy"]
     pin = (
@@ -356,7 +371,7 @@ def weights_show(as_json: JsonOpt = False, config: ConfigOpt = None, set_: SetOp
     out = policy.describe()
     out["active_now"] = [p.name for p in policy.active(int(time.time() * 1000))]
     if as_json:
-        _print(out)
+        _emit(out)
     else:
         console.print_json(json.dumps(out, default=str))  # the human view: indented
 
@@ -366,6 +381,7 @@ def weights_apply(
     file: Annotated[Path, typer.Argument(help="A rewards file (configs/rewards.yaml shape).")],
     author: Annotated[str, typer.Option(help="Who.")],
     reason: Annotated[str, typer.Option(help="Why.")],
+    as_json: JsonOpt = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -381,6 +397,9 @@ def weights_apply(
         policy = _weights(cfg).apply(text, author, reason, str(file))
     except WeightsError as exc:
         _refuse(exc)
+    if as_json:
+        _emit(policy.describe())
+        return
     console.print(f"weights version {policy.version} in force (from {file}, by {author}: {reason})")
 
 
@@ -389,7 +408,7 @@ def weights_history(as_json: JsonOpt = False, config: ConfigOpt = None, set_: Se
     """Every apply and revert: version, who, when, why, from what."""
     hist = _weights(_config(config, set_)).history()
     if as_json:
-        _print(hist)
+        _emit(hist)
         return
     table = Table(title="reward weights history")
     for col in ("version", "action", "applied_at", "author", "reason", "source"):
@@ -406,6 +425,7 @@ def weights_revert(
     version: Annotated[int, typer.Argument(help="The version whose content comes back.")],
     author: Annotated[str, typer.Option(help="Who.")],
     reason: Annotated[str, typer.Option(help="Why.")],
+    as_json: JsonOpt = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -416,6 +436,9 @@ def weights_revert(
         policy = _weights(_config(config, set_)).revert(version, author, reason)
     except WeightsError as exc:
         _refuse(exc)
+    if as_json:
+        _emit(policy.describe())
+        return
     console.print(f"weights version {policy.version} in force (content of version {version})")
 
 
@@ -457,7 +480,7 @@ def status(as_json: JsonOpt = False, config: ConfigOpt = None, set_: SetOpt = No
     out["last_error"] = errors[-1] if errors else None
     down = any(p.get("ok") is False for p in procs.values())
     if as_json:
-        _print(out)
+        _emit(out)
         raise typer.Exit(1 if down else 0)
     table = Table(title="streamrl status")
     table.add_column("what")

@@ -97,7 +97,7 @@ def test_a_damaged_policy_is_reported_and_repaired_with_one_command(tmp_path: Pa
     "args",
     [
         ("eval", "--checkpoint", "/nonexistent", "--records", "/nonexistent"),
-        ("push", "--checkpoint", "99"),
+        ("push", "--step", "99"),
         ("rollback", "--to", "3", "--reason", "x"),
         ("learn", "--records", "/nonexistent", "--sids", "/nonexistent", "--steps", "1"),
         ("replay", "/nonexistent.jsonl", "--out", "x"),

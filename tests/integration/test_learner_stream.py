@@ -53,7 +53,7 @@ def _learn(cfg: StreamrlConfig, tmp: Path, *extra: str) -> list[str]:
         "learn",
         "--sids",
         str(tmp / "sids"),
-        "--out",
+        "--run-dir",
         str(tmp / "run"),
         "--set",
         f"serving.root={tmp / 'serving'}",
@@ -305,7 +305,7 @@ def test_warm_start_then_anchored_rl_with_the_first_push_after_it(
     assert (tmp / "run" / "heldout.parquet").exists()
     # with no anchor (no warm start, no init checkpoint) beta > 0 is refused with exit 2
     bare = subprocess.run(
-        _learn(kafka_cfg, tmp, "--steps", "1", "--out", str(tmp / "bare"), "--set", "learn.beta=0.1"),
+        _learn(kafka_cfg, tmp, "--steps", "1", "--run-dir", str(tmp / "bare"), "--set", "learn.beta=0.1"),
         capture_output=True,
         text=True,
         timeout=120,
@@ -321,7 +321,7 @@ def test_warm_start_from_a_look_back_on_the_rewards_topic(
     tmp = world_on_topic
     warm = ["--set", "learn.warm_start.lookback_s=3600", "--set", "learn.warm_start.steps=3"]
     proc = subprocess.run(
-        _learn(kafka_cfg, tmp, "--steps", "1", "--out", str(tmp / "lb"), *warm),
+        _learn(kafka_cfg, tmp, "--steps", "1", "--run-dir", str(tmp / "lb"), *warm),
         capture_output=True,
         text=True,
         timeout=300,

@@ -23,7 +23,7 @@ def test_offline_learn_and_eval(tmp_path: Path) -> None:
         str(tmp_path / "sids"),
         "--steps",
         "4",
-        "--out",
+        "--run-dir",
         str(out),
         *sets,
     )
