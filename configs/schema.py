@@ -283,7 +283,17 @@ class LearnConfig(Section):
     prompts: Literal["engaged", "all"] = "engaged"  # seed code: only requests with a click/order
     lr: float = Field(1e-4, gt=0.0)  # measured (docs/benchmarks.md sweep): AdamW, RL after a warm start
     weight_decay: float = Field(0.0, ge=0.0)
-    grad_clip: float = Field(1.0, gt=0.0)  # ops
+    grad_clip: float = Field(1.0, gt=0.0)  # ops: global gradient-norm clip before each optimiser step
+    # ops: learning-rate schedule over optimiser steps: linear warm-up for warmup_steps, then constant
+    # or cosine down to lr * lr_min_ratio at decay_steps (restart-safe: a function of the step count)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    warmup_steps: int = Field(0, ge=0)
+    decay_steps: int = Field(10_000, ge=1)  # cosine only: steps from the end of warm-up to the floor
+    lr_min_ratio: float = Field(0.1, ge=0.0, le=1.0)  # cosine only
+    # ops: prompts per micro-batch; the B prompts of a step are rolled out and back-propagated in
+    # chunks of this many (their G rollouts each) and the gradients accumulated, so peak memory is
+    # set by micro_batch x G, not B x G; the gradient equals the one-batch gradient (tested). None = B
+    micro_batch: int | None = Field(None, ge=1)
     # measured (docs/benchmarks.md sweep): per-token mean CE on the first target SID; seed code: 0.1
     sft_weight: float = Field(1.0, ge=0.0)
     # measured: k3 KL to the frozen reference (seed code: 0); > 0 needs an anchor (init_from, the
@@ -302,7 +312,7 @@ class LearnConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     buffer_size: int = Field(20_000, ge=1)  # ops: streaming: recent records kept for sampling
     buffer_max_age_s: float = Field(3600.0, gt=0)  # ops: streaming: records older (event time) leave
-    run_dir: str = "runs/local/learner"  # ops: checkpoints/, heldout.parquet (`--out` overrides)
+    run_dir: str = "runs/local/learner"  # ops: checkpoints/, heldout.parquet (`--run-dir` overrides)
     sids_dir: str = "runs/local/sids"  # ops: the `streamrl sids build` folder (`--sids` overrides)
 
 

@@ -73,6 +73,9 @@ def fill(folder: Path, learner: Learner, extra: dict[str, Any] | None = None) ->
         "skipped": learner.skipped,
         "weights_version": learner.policy.version,
         "resets_done": sorted(learner.resets_done),
+        "lr_origin": learner.lr_origin,
+        "base_lr": learner.base_lr,
+        "rng": learner.rng_state(),
         **(extra or {}),
     }
     (folder / LEARNER_STATE).write_text(json.dumps(state, indent=2, sort_keys=True))
@@ -219,6 +222,10 @@ def restore_state(learner: Learner, folder: Path, counters: bool = True) -> None
         learner.steps = int(s.get("steps", 0))
         learner.skipped = int(s.get("skipped", 0))
         learner.resets_done = set(s.get("resets_done", []))
+        learner.lr_origin = int(s.get("lr_origin", 0))
+        learner.base_lr = float(s.get("base_lr", learner.base_lr))
+        if "rng" in s:  # the rollouts after a resume draw what they would have drawn without a stop
+            learner.set_rng_state(s["rng"])
 
 
 def resolve(path: Path) -> Path:

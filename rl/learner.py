@@ -34,6 +34,7 @@ Deviations, numbered:
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import copy
 import math
@@ -52,7 +53,7 @@ from streamrl.rewards.item import Components
 from streamrl.rewards.relevance import RelevanceSource, make_relevance
 from streamrl.rewards.weights import ItemInfo, RewardPolicy, default_policy
 from streamrl.rl.advantages import grpo_advantages, position_weights, tpma_advantages
-from streamrl.rl.loss import grpo_loss, tpma_grpo_loss
+from streamrl.rl.loss import grpo_loss, kl_k3, tpma_grpo_loss
 from streamrl.rl.policy import SidVocab, format_prompt, rollout_with_targets, sequence_logp
 from streamrl.rl.sid import SidCodebook
 
@@ -131,10 +132,27 @@ class Learner:
         self.resets_done: set[str] = set()  # rollback --reset-learner requests already honoured
 
     def reset_optimizer(self, lr: float | None = None) -> None:
-        """A fresh AdamW (at `lr`, default learn.lr): RL does not inherit SFT's moment estimates."""
+        """A fresh AdamW (at `lr`, default learn.lr): RL does not inherit SFT's moment estimates. The
+        learning-rate schedule (`learn.lr_schedule`, warm-up first) starts again from here."""
+        self.base_lr = lr or self.cfg.lr
+        self.lr_origin = getattr(self, "steps", 0)
         self.opt = torch.optim.AdamW(
-            self.model.parameters(), lr=lr or self.cfg.lr, weight_decay=self.cfg.weight_decay
+            self.model.parameters(), lr=self.base_lr, weight_decay=self.cfg.weight_decay
         )
+
+    def rng_state(self) -> dict[str, Any]:
+        """The sampling generators' state, for checkpoints (JSON: base64 of torch's bytes)."""
+        version, internal, gauss = self.rng.getstate()
+        return {
+            "torch": base64.b64encode(self.gen.get_state().numpy().tobytes()).decode(),
+            "python": [version, list(internal), gauss],
+        }
+
+    def set_rng_state(self, state: Mapping[str, Any]) -> None:
+        raw = np.frombuffer(base64.b64decode(state["torch"]), dtype=np.uint8).copy()
+        self.gen.set_state(torch.from_numpy(raw))
+        version, internal, gauss = state["python"]
+        self.rng.setstate((version, tuple(internal), gauss))
 
     def anchor(self) -> None:
         """Freeze a copy of the current model as the KL reference (learn.beta > 0)."""
@@ -221,32 +239,80 @@ class Learner:
 
     # -- one step ----------------------------------------------------------------------------
     def step(self, batch: Batch, sft: bool = False) -> StepStats:
-        """One optimiser step of `learn.algo` (or of SFT, `sft=True`: the warm start's steps)."""
-        self.model.train()
-        if sft or self.cfg.algo == "sft":
-            loss = self._sft_nll(batch)
-            stats = {"loss": float(loss.detach())}
-        else:
-            out = self._policy_loss(batch)
-            if isinstance(out, StepStats):  # non-finite rewards: skipped and counted, nothing learned
-                self.skipped += 1
-                return out
-            loss, stats = out
-        if not math.isfinite(float(loss.detach())):
-            self.skipped += 1
-            self.opt.zero_grad(set_to_none=True)
-            return StepStats(stats, skipped=True)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        stats["grad_norm"] = float(
+        """One optimiser step of `learn.algo` (or of SFT, `sft=True`: the warm start's steps): the
+        accumulated gradient of the batch (in micro-batches), clipped, at the scheduled learning rate."""
+        stats = self.accumulate(batch, sft)
+        if stats.skipped:
+            return stats
+        stats.values["grad_norm"] = float(
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         )
+        stats.values["lr"] = self.set_lr()
         self.opt.step()
         self.steps += 1
-        return StepStats(stats)
+        return stats
 
-    def _policy_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]] | StepStats:
-        """Rollouts, rewards, advantages and the algo's loss with its two anchors (SFT term, KL)."""
+    def set_lr(self) -> float:
+        """`learn.lr_schedule` at this step, counted from the last optimiser reset (a function of the
+        step counts, which checkpoints keep: restart-safe)."""
+        lr = self.base_lr * lr_factor(self.cfg, self.steps - self.lr_origin)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def accumulate(self, batch: Batch, sft: bool = False) -> StepStats:
+        """Zero the gradients, then back-propagate the batch's loss in micro-batches of
+        `learn.micro_batch` prompts, each scaled by its share of the batch's loss terms, so the
+        accumulated gradient is the one-batch gradient while only one micro-batch's graph is alive.
+        Skipped (gradients zeroed, counted) on non-finite rewards or loss."""
+        self.model.train()
+        self.opt.zero_grad(set_to_none=True)
+        B, G, L = len(batch.prompts), self.cfg.group_size, self.vocab.L
+        size = self.cfg.micro_batch or B
+        parts = [_slice(batch, i, i + size) for i in range(0, B, size)]
+        sft = sft or self.cfg.algo == "sft"
+        # one uniform per rollout token, drawn for the whole batch: micro-batches sample what one would
+        uniforms = torch.empty(0) if sft else torch.rand((B * G, L), generator=self.gen)
+        targets = sum(1 for t in batch.targets if t)  # prompts with a target: the SFT term's rows
+        total = 0.0
+        acc: dict[str, float] = {}
+        for n, part in enumerate(parts):
+            first = n * size
+            values: dict[str, float] = {}
+            share, t_share = len(part.prompts) / B, sum(1 for t in part.targets if t) / max(targets, 1)
+            if sft:
+                if not any(part.targets):
+                    continue
+                loss = self._sft_nll(part) * t_share
+            else:
+                out = self._policy_loss(part, uniforms[first * G : (first + len(part.prompts)) * G])
+                if isinstance(out, StepStats):  # non-finite rewards: skipped and counted, nothing learned
+                    self.opt.zero_grad(set_to_none=True)
+                    self.skipped += 1
+                    return out
+                terms, values = out
+                loss = share * terms["pg"]
+                if "kl" in terms:
+                    loss = loss + share * self.cfg.beta * terms["kl"]
+                if "sft" in terms:
+                    loss = loss + t_share * self.cfg.sft_weight * terms["sft"]
+            if not math.isfinite(float(loss.detach())):
+                self.opt.zero_grad(set_to_none=True)
+                self.skipped += 1
+                return StepStats({**acc, **values}, skipped=True)
+            loss.backward()
+            total += float(loss.detach())
+            for key, v in values.items():  # statistics: averaged over micro-batches by their prompts
+                acc[key] = acc.get(key, 0.0) + v * share
+        acc["loss"] = total
+        return StepStats(acc)
+
+    def _policy_loss(
+        self, batch: Batch, uniforms: torch.Tensor
+    ) -> tuple[dict[str, torch.Tensor], dict[str, float]] | StepStats:
+        """Rollouts, rewards, advantages and the algo's loss terms: `pg` (the policy-gradient term),
+        `sft` (per-token mean NLL of the first target SIDs) and `kl` (mean k3 to the reference), the
+        last two when they apply; the caller weighs and sums them."""
         cfg, G = self.cfg, self.cfg.group_size
         # one pass samples, keeps the graph, and teacher-forces each prompt's first target for
         # the SFT term (rl/policy.py `rollout_with_targets`)
@@ -266,6 +332,7 @@ class Learner:
                 True,
                 targets,
                 roll,
+                uniforms,
             )
         old_logp = logp.detach()
         dev = logp.device  # advantages and gates are computed on the CPU (rl/advantages.py)
@@ -273,37 +340,31 @@ class Learner:
         if not bool(torch.isfinite(rewards).all()):
             return StepStats({**comp, "nonfinite_rewards": 1.0}, skipped=True)
         ref_logp = self._ref_logp(batch, codes)
-        sft = -target_logp.mean() if len(target_logp) else None  # per-token mean (released code)
         mask = torch.ones_like(logp)
         if cfg.algo == "tpma":
             adv, gates = self._tpma(batch, codes, rewards)
-            loss, stats = tpma_grpo_loss(
-                logp, old_logp, adv.to(dev), gates.to(dev), mask, sft, cfg.sft_weight, ref_logp, cfg.beta
-            )
+            pg, stats = tpma_grpo_loss(logp, old_logp, adv.to(dev), gates.to(dev), mask)
             stats.update(_moments("adv", adv))
         else:
             adv_seq = torch.cat(
                 [grpo_advantages(rewards[b * G : (b + 1) * G]) for b in range(len(batch.prompts))]
             )
-            loss, stats = grpo_loss(
-                logp,
-                old_logp,
-                adv_seq.float().to(dev),
-                mask,
-                cfg.clip_eps,
-                ref_logp,
-                cfg.beta,
-                sft,
-                cfg.sft_weight,
-            )
+            pg, stats = grpo_loss(logp, old_logp, adv_seq.float().to(dev), mask, cfg.clip_eps)
             stats.update(_moments("adv", adv_seq))
+        terms = {"pg": pg}
+        if len(target_logp) and want_sft:
+            terms["sft"] = -target_logp.mean()  # per-token mean (released code)
+            stats["sft_nll"] = float(terms["sft"].detach())
+        if ref_logp is not None and cfg.beta:
+            terms["kl"] = kl_k3(logp, ref_logp, mask)
+            stats["kl"] = float(terms["kl"].detach())
         stats.update(comp)
         stats["valid_sid_rate"] = valid
         stats["entropy"] = roll.get("entropy", 0.0)
         stats["distinct_sids"] = len({tuple(r) for r in codes.tolist()}) / max(len(codes), 1)
         stats["relevance_errors"] = float(self.relevance.errors)
         stats["reward_mean"] = float(rewards.mean())
-        return loss, stats
+        return terms, stats
 
     def _ref_logp(self, batch: Batch, codes: torch.Tensor) -> torch.Tensor | None:
         """The reference's log-probs [B*G, L] of the sampled SIDs, scored as they were sampled."""
@@ -384,6 +445,21 @@ class Learner:
         with self.amp():
             logp = sequence_logp(self.model, self.tok, [p for p, _ in rows], self.vocab, codes, 1)
         return -logp.mean()  # per-token mean, as the SFT term of the RL objectives
+
+
+def _slice(batch: Batch, start: int, stop: int) -> Batch:
+    return Batch(batch.prompts[start:stop], batch.targets[start:stop], batch.records[start:stop])
+
+
+def lr_factor(cfg: LearnConfig, step: int) -> float:
+    """The schedule's multiplier of learn.lr at optimiser step `step` (0-based): linear warm-up over
+    warmup_steps, then 1 (constant) or a cosine from 1 to lr_min_ratio over decay_steps."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "constant":
+        return 1.0
+    t = min((step - cfg.warmup_steps) / cfg.decay_steps, 1.0)
+    return cfg.lr_min_ratio + (1.0 - cfg.lr_min_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
 def _moments(name: str, x: torch.Tensor) -> dict[str, float]:

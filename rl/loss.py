@@ -19,6 +19,11 @@ def _kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     return torch.exp(d) - d - 1.0
 
 
+def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over valid tokens of the k3 estimate of KL(pi || ref): the anchor term's value."""
+    return _masked_mean(_kl_k3(logp, ref_logp), mask)
+
+
 def _ratio(logp: torch.Tensor, old_logp: torch.Tensor) -> torch.Tensor:
     """Importance ratio with the log-ratio clamped to [-20, 20] (finite for any input)."""
     return torch.exp(torch.clamp(logp - old_logp, -20.0, 20.0))
@@ -40,7 +45,7 @@ def _finish(
         loss = loss + sft_weight * sft_nll
         stats["sft_nll"] = float(sft_nll.detach())
     if ref_logp is not None and beta:
-        kl = _masked_mean(_kl_k3(logp, ref_logp), mask)
+        kl = kl_k3(logp, ref_logp, mask)
         loss = loss + beta * kl
         stats["kl"] = float(kl.detach())
     stats["loss"] = float(loss.detach())

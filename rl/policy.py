@@ -194,12 +194,16 @@ def rollout_with_targets(
     grad: bool,
     targets: Sequence[Sequence[int] | None],
     stats: dict[str, float] | None = None,
+    uniforms: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`rollout`, plus one teacher-forced row per prompt that has a target SID, in the same pass: its
     log-probs [T, L] (T = prompts with a target) are under the plain level-restricted distribution
     (temperature 1, no trie) — what the SFT cross-entropy needs — so the SFT term costs L rows of
     cached decoding instead of a second forward pass over the prompts. `stats`, when given, receives
-    `entropy`: the mean per-token entropy (nats) of the distributions the rollouts sampled from."""
+    `entropy`: the mean per-token entropy (nats) of the distributions the rollouts sampled from.
+    `uniforms` [B*G, L] in [0, 1), when given, pick each token by inverse CDF instead of drawing from
+    `generator`: a row's sample then depends on its own numbers only, so rolling the prompts out in
+    micro-batches samples exactly what one batch would (the learner draws them once per step)."""
     with torch.set_grad_enabled(grad):
         tok.padding_side = "left"
         enc = tok(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
@@ -230,8 +234,13 @@ def rollout_with_targets(
             if stats is not None:  # -sum p log p; 0 * -inf (a code the trie forbids) counts as 0
                 p = logp_all.detach().exp()
                 entropy += float(-(p * logp_all.detach().nan_to_num(neginf=0.0)).sum(-1).mean()) / vocab.L
-            # sampled on the CPU so a seeded CPU generator serves any device
-            pick = torch.multinomial(logp_all.detach().exp().cpu(), 1, generator=generator).squeeze(1)
+            probs = (
+                logp_all.detach().exp().cpu()
+            )  # sampled on the CPU: a seeded CPU generator serves any device
+            if uniforms is not None:
+                pick = inverse_cdf(probs, uniforms[:, lvl])
+            else:
+                pick = torch.multinomial(probs, 1, generator=generator).squeeze(1)
             codes[:, lvl] = pick
             pick_dev = pick.to(device)
             logps.append(logp_all.gather(1, pick_dev[:, None]).squeeze(1))
@@ -250,6 +259,15 @@ def rollout_with_targets(
         if stats is not None:
             stats["entropy"] = entropy
         return codes, torch.stack(logps, dim=1), forced_logp
+
+
+def inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """One draw per row of `probs` [N, K] from its uniform `u` [N]: the first index whose cumulative
+    probability exceeds u x the row's total. A zero-probability index (a code the trie forbids) is
+    never picked: its cumulative value equals its predecessor's."""
+    cdf = probs.double().cumsum(dim=1)
+    value = (u.double() * cdf[:, -1]).unsqueeze(1)
+    return torch.searchsorted(cdf, value, right=True).squeeze(1).clamp(max=probs.shape[1] - 1)
 
 
 def _positions(mask: torch.Tensor) -> torch.Tensor:

@@ -53,11 +53,7 @@ def _batch(learner: Learner):  # type: ignore[no-untyped-def]
 def _grads(learner: Learner, seed: int = 5) -> list[torch.Tensor]:
     """The gradient of one step's loss, with the rollout sampler reseeded (same rollouts)."""
     learner.gen.manual_seed(seed)
-    out = learner._policy_loss(_batch(learner))
-    assert not isinstance(out, type(None)) and isinstance(out, tuple)
-    loss, _stats = out
-    learner.model.zero_grad(set_to_none=True)
-    loss.backward()
+    assert not learner.accumulate(_batch(learner)).skipped  # zeroes, then back-propagates the loss
     return [
         p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)
         for p in learner.model.parameters()
@@ -68,7 +64,7 @@ def _grads(learner: Learner, seed: int = 5) -> list[torch.Tensor]:
 def test_the_sft_term_is_a_per_token_mean_on_both_rl_algos(algo: str) -> None:
     learner = _learner(algo=algo, sft_weight=0.5)
     learner.gen.manual_seed(1)
-    _loss, stats = learner._policy_loss(_batch(learner))  # type: ignore[misc]
+    stats = learner.accumulate(_batch(learner)).values
     # loss = pg (+ kl, 0 here) + 0.5 * sft_nll: the SFT term is in the total for tpma and grpo alike
     assert stats["loss"] == pytest.approx(stats["pg_loss"] + 0.5 * stats["sft_nll"], abs=1e-5)
     # per-token mean: the NLL of one SID token, so at most log(K) of the widest level per token
@@ -76,7 +72,7 @@ def test_the_sft_term_is_a_per_token_mean_on_both_rl_algos(algo: str) -> None:
     assert 0.5 < stats["sft_nll"] < 2.0
     off = _learner(algo=algo, sft_weight=0.0)
     off.gen.manual_seed(1)
-    _, stats0 = off._policy_loss(_batch(off))  # type: ignore[misc]
+    stats0 = off.accumulate(_batch(off)).values
     assert "sft_nll" not in stats0
 
 
@@ -93,13 +89,13 @@ def test_beta_changes_the_gradient_once_the_policy_moves_off_its_reference(algo:
     diff = sum(float((x - y).abs().sum()) for x, y in zip(ga, gb, strict=True))
     assert diff > 1e-4  # the KL term adds its own gradient
     b.gen.manual_seed(5)
-    _, stats = b._policy_loss(_batch(b))  # type: ignore[misc]
+    stats = b.accumulate(_batch(b)).values
     assert stats["kl"] > 0.0 and stats["loss"] == pytest.approx(stats["pg_loss"] + stats["kl"], abs=1e-5)
     # at the reference itself the k3 estimate is 0 for every sample
     c = _learner(algo=algo, beta=1.0, sft_weight=0.0)
     c.anchor()
     c.gen.manual_seed(5)
-    _, stats_c = c._policy_loss(_batch(c))  # type: ignore[misc]
+    stats_c = c.accumulate(_batch(c)).values
     assert stats_c["kl"] == pytest.approx(0.0, abs=1e-6)
 
 
