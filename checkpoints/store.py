@@ -35,7 +35,8 @@ CODEBOOK = "sid_codebook.parquet"
 OPTIMIZER = "optimizer.pt"  # AdamW state, loaded with torch.load(weights_only=True)
 LEARNER_STATE = "learner_state.json"  # steps, skipped steps, weights version, resets, CTR clock
 CTR_STATE = "ctr_table.parquet"  # the learner's posterior CTR counts
-LEARNER_ONLY = frozenset({OPTIMIZER, LEARNER_STATE, CTR_STATE})
+BUFFER = "buffer.parquet"  # the streaming learner's sampling buffer, with use counts (rl/buffer.py)
+LEARNER_ONLY = frozenset({OPTIMIZER, LEARNER_STATE, CTR_STATE, BUFFER})
 log = logging.getLogger("streamrl.checkpoints")
 
 

@@ -312,6 +312,9 @@ class LearnConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     buffer_size: int = Field(20_000, ge=1)  # ops: streaming: recent records kept for sampling
     buffer_max_age_s: float = Field(3600.0, gt=0)  # ops: streaming: records older (event time) leave
+    # ops: streaming: a record leaves the buffer after this many samples; on a quiet stream the learner
+    # then idles (streamrl_learner_idle_seconds_total) instead of overfitting a few records. None = no cap
+    max_reuse: int | None = Field(8, ge=1)
     run_dir: str = "runs/local/learner"  # ops: checkpoints/, heldout.parquet (`--run-dir` overrides)
     sids_dir: str = "runs/local/sids"  # ops: the `streamrl sids build` folder (`--sids` overrides)
 
@@ -330,7 +333,12 @@ class PushConfig(Section):
     enabled: bool = True  # ops: the learner schedules pushes (`streamrl push` works either way)
     every_s: float | None = Field(120.0, gt=0.0)  # ops: push period; ignored when cron is set
     cron: str | None = None  # ops: crontab string (5 fields, UTC), e.g. "*/10 * * * *"
-    max_regression: float = Field(0.02, ge=0.0)  # ops: absolute held-out HR@10 drop refused
+    # ops: the minimum absolute held-out HR@10 drop refused (only when also significant at alpha)
+    max_regression: float = Field(0.02, ge=0.0)
+    alpha: float = Field(0.05, gt=0.0, lt=1.0)  # ops: level of the gate's exact McNemar test (two-sided)
+    # ops: paired held-out requests (engaged records, at most eval_records) below which the gate does
+    # not compare HR@10 (a note says so); above eval_records it never compares
+    min_heldout: int = Field(100, ge=1)
     # measured (docs/benchmarks.md): a candidate whose distinct top-1 SIDs over the held-out prompts
     # are this share of the distinct queries among them, or fewer, has collapsed: refused (0 = off)
     min_distinct_top1: float = Field(0.05, ge=0.0, le=1.0)

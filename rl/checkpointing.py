@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -117,14 +118,23 @@ def save(
     offsets: dict[str, dict[int, int]] | None = None,
     metrics: dict[str, float] | None = None,
     extra: dict[str, Any] | None = None,
+    more: Callable[[Path], None] | None = None,
 ) -> Path:
+    """Checkpoint the learner at its step; `more(folder)` writes further files into it (the
+    streaming learner's buffer) before the store hashes and publishes it."""
     meta = {
         "offsets": {t: {str(p): o for p, o in parts.items()} for t, parts in (offsets or {}).items()},
         "weights_version": learner.policy.version,
         "metrics": metrics or {},
         "algo": learner.cfg.algo,
     }
-    return store.write(learner.steps, lambda folder: fill(folder, learner, extra), meta).path
+
+    def write(folder: Path) -> None:
+        fill(folder, learner, extra)
+        if more is not None:
+            more(folder)
+
+    return store.write(learner.steps, write, meta).path
 
 
 class InitError(ValueError):

@@ -3,7 +3,11 @@ ordered items of held-out records (also split by click and order targets, and pe
 the paper's tables count), distinct top-1 SIDs over the prompts and as a share of the distinct
 queries among them (a collapsed policy names the same few items for every query), and the valid-SID
 rate of free (unconstrained, level-restricted) sampling. Records are decoded `batch` prompts at a time
-by the batched KV-cached decoder (rl/decode.py), the one serving uses."""
+by the batched KV-cached decoder (rl/decode.py), the one serving uses.
+
+Only records with a click or an order are evaluated. `hits` lists, per evaluated record in record
+order, 1 when a clicked or ordered item is in the top K (its mean is HR@K), so two models evaluated on
+the same records can be compared request by request (the push gate's paired test, checkpoints/push.py)."""
 
 from __future__ import annotations
 
@@ -36,6 +40,7 @@ def evaluate(
     top1: set[tuple[int, ...]] = set()
     queries: set[str] = set()
     pt_n, pt_hr, pt_mrr = 0, 0.0, 0.0  # per target item
+    hits: list[int] = []  # per evaluated record, in record order: 1 if a target is in the top k
     gen = torch.Generator().manual_seed(seed)
     todo = []
     for rec in records:
@@ -54,6 +59,7 @@ def evaluate(
             if beams:
                 top1.add(beams[0][0])
             ranked = [by_sid[s] for s, _ in beams][:k]
+            hits.append(int(not (clicked | ordered).isdisjoint(ranked)))
             for target in clicked | ordered:
                 rank = ranked.index(target) + 1 if target in ranked else None
                 pt_n += 1
@@ -88,4 +94,5 @@ def evaluate(
         "n": n,
         "n_click": n_click,
         "n_order": n_order,
+        "hits": hits,
     }

@@ -51,6 +51,14 @@ def publish(sl: StreamingLearner, force: bool = False) -> None:
         ),
         "streamrl_learner_rollouts_per_second": ("Rollouts per second, recent", rate),
         "streamrl_learner_buffer_records": ("Prompts in the sampling buffer", float(len(sl.buffer))),
+        "streamrl_learner_idle_seconds_total": (
+            "Time the loop waited with fewer than B fresh prompts (learn.max_reuse reached)",
+            sl.idle_s,
+        ),
+        "streamrl_learner_reuse_factor": (
+            "Samples per distinct record trained on since start (1: each once; at most learn.max_reuse)",
+            sl.buffer.reuse_factor,
+        ),
         "streamrl_learner_heldout_records": (
             "Held-out records kept for the push gate",
             float(len(sl.heldout)),
@@ -108,6 +116,8 @@ def publish(sl: StreamingLearner, force: bool = False) -> None:
             "pinned": pinned,
             "last_push": last_push,
             "buffer": len(sl.buffer),
+            "idle_s": round(sl.idle_s, 1),
+            "reuse_factor": round(sl.buffer.reuse_factor, 2),
             "rollouts_per_s": round(rate, 1),
             "last_error": sl.last_error,
             "warm_start": sl.warm or None,

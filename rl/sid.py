@@ -4,9 +4,11 @@ that every item gets a distinct SID of length L = len(levels) + unique levels (d
 Residual k-means: level 1 clusters the embeddings, level 2 the residuals after subtracting the level-1
 centroid, and so on; k is capped at the number of items so small catalogs work. Unique levels: items
 sharing a residual prefix are numbered in a stable order (item_id) and the number is written in base
-`size` over the unique levels, so `2x16` tells apart up to 256 items per prefix. Items beyond that
-collide; `stats()` reports collisions and balance. New items get codes from the stored centroids and
-the next free unique number of their prefix, without rebuilding.
+`size` over the unique levels, so `2x16` tells apart up to 256 items per prefix. A build whose
+largest prefix group is over that capacity is refused (`CodebookError`, naming the group and the
+`--unique` that would fit) instead of giving two items one SID; `stats()` reports how many items
+share a prefix. New items get codes from the stored centroids and the next free unique number of
+their prefix, without rebuilding or re-IDing anyone; a new item on a full prefix is refused the same way.
 """
 
 from __future__ import annotations
@@ -36,13 +38,15 @@ def kmeans(x: np.ndarray, k: int, seed: int, iters: int = 25) -> tuple[np.ndarra
     labels = np.zeros(n, dtype=np.int64)
     for _ in range(iters):
         labels = _nearest(x, centroids)
-        moved = False
-        for j in range(k):
-            members = x[labels == j]
-            if len(members):
-                new = members.mean(0)
-                moved |= not np.allclose(new, centroids[j])
-                centroids[j] = new
+        # every centroid's mean in one pass (a loop over k masks cost k passes over x per iteration)
+        counts = np.bincount(labels, minlength=k)
+        sums = np.zeros_like(centroids)
+        np.add.at(sums, labels, x)
+        new = centroids.copy()
+        filled = counts > 0
+        new[filled] = sums[filled] / counts[filled, None]
+        moved = not np.allclose(new, centroids)
+        centroids = new
         if not moved:
             break
     return centroids, _nearest(x, centroids)
@@ -51,6 +55,10 @@ def kmeans(x: np.ndarray, k: int, seed: int, iters: int = 25) -> tuple[np.ndarra
 def _nearest(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     d = (x * x).sum(1)[:, None] - 2 * x @ centroids.T + (centroids * centroids).sum(1)[None, :]
     return np.asarray(d.argmin(1), dtype=np.int64)
+
+
+class CodebookError(ValueError):
+    """A codebook that would give two items one SID: refused, with what would fit."""
 
 
 @dataclass
@@ -74,17 +82,42 @@ class SidCodebook:
             self.centroids.append(centroids)
             codes[:, lvl] = labels
             residual = residual - centroids[labels]
+        groups = Counter(tuple(int(c) for c in row) for row in codes)
+        prefix, largest = max(groups.items(), key=lambda kv: kv[1], default=((), 0))
+        if largest > self.capacity:
+            over = sum(c - self.capacity for c in groups.values() if c > self.capacity)
+            raise CodebookError(
+                f"{largest} items share the prefix {prefix}, over the {self.capacity} the unique levels "
+                f"{self.unique[0]}x{self.unique[1]} can tell apart ({over} items would collide): use "
+                f"--unique {self.fitting_unique(largest)}, or larger k-means levels"
+            )
         order = sorted(range(len(item_ids)), key=lambda i: item_ids[i])
         for i in order:
             self._add(item_ids[i], tuple(int(c) for c in codes[i]))
         return self
 
+    @property
+    def capacity(self) -> int:
+        """Items one prefix can hold: size ** unique levels."""
+        return int(self.unique[1] ** self.unique[0])
+
+    def fitting_unique(self, group: int) -> str:
+        """The smallest `LEVELSxSIZE` (same size) whose capacity holds `group` items."""
+        n, size = 1, self.unique[1]
+        while size**n < group:
+            n += 1
+        return f"{n}x{size}"
+
     def _add(self, item_id: str, prefix: tuple[int, ...]) -> tuple[int, ...]:
         n_levels, size = self.unique
         number = self._next_unique.get(prefix, 0)
+        if number >= self.capacity:
+            raise CodebookError(
+                f"item {item_id}: its prefix {prefix} already holds {number} items, the capacity of the "
+                f"unique levels {n_levels}x{size}; rebuild with --unique {self.fitting_unique(number + 1)}"
+            )
         self._next_unique[prefix] = number + 1
-        capped = min(number, size**n_levels - 1)  # beyond capacity: a collision, reported
-        digits = [(capped // size**p) % size for p in reversed(range(n_levels))]
+        digits = [(number // size**p) % size for p in reversed(range(n_levels))]
         sid = (*prefix, *digits)
         self.sids[item_id] = sid
         return sid
@@ -110,7 +143,10 @@ class SidCodebook:
             "distinct_sids": len(full),
             "colliding_items": sum(c for c in full.values() if c > 1),
             "distinct_prefixes": len(prefixes),
+            # items whose residual prefix another item shares (told apart by the unique levels only)
+            "items_sharing_a_prefix": sum(c for c in prefixes.values() if c > 1),
             "largest_prefix_group": max(prefixes.values(), default=0),
+            "prefix_capacity": self.capacity,
             "codes_used_per_level": per_level,
         }
 

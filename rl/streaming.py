@@ -42,9 +42,10 @@ import pyarrow as pa
 
 from streamrl.checkpoints.push import push
 from streamrl.checkpoints.serving import ServingError, ServingRoot
-from streamrl.checkpoints.store import CheckpointError, CheckpointStore
+from streamrl.checkpoints.store import BUFFER, LEARNER_STATE, CheckpointError, CheckpointStore
 from streamrl.configs.schema import StreamrlConfig
 from streamrl.rewards.weights import WeightsStore, WeightsWatcher, default_policy
+from streamrl.rl.buffer import SampleBuffer
 from streamrl.rl.checkpointing import new_learner, pin_codebook, resolve, save
 from streamrl.rl.curves import Curves
 from streamrl.rl.gate import heldout_evaluator
@@ -52,7 +53,7 @@ from streamrl.rl.learner_metrics import publish
 from streamrl.rl.warm import run_warm_start, warm_records
 from streamrl.stream.kafka_io import RewardReader
 from streamrl.stream.metrics import ProcessMetrics
-from streamrl.stream.records import RECORD_SCHEMA, write_parquet_atomic
+from streamrl.stream.records import RECORD_SCHEMA, read_records, write_parquet_atomic
 
 log = logging.getLogger("streamrl.learner")
 HELDOUT = "heldout.parquet"
@@ -96,10 +97,14 @@ class StreamingLearner:
         self.needs_warm_start = cfg.learn.warm_start.enabled and not latest
         self.warm: dict[str, Any] = {}  # warm-start progress, for /healthz
         self.warm_ids: list[str] = []  # request_ids the warm start read (the reader skips them)
-        self.buffer: deque[dict[str, Any]] = deque(maxlen=cfg.learn.buffer_size)
+        lc = cfg.learn
+        self.buffer = SampleBuffer(lc.buffer_size, lc.buffer_max_age_s, lc.max_reuse)
         self.heldout: deque[dict[str, Any]] = deque(maxlen=cfg.push.heldout_max)
         self.rng = random.Random(seed)
+        self.idle_s = 0.0  # time the loop waited with too few fresh prompts to step (max_reuse)
         self.newest = 0
+        if latest:
+            self._restore(latest[0].path)
         self.last_saved_step = self.learner.steps
         self.refused: Counter[str] = Counter()  # records refused, by reason
         self.push_outcomes: Counter[str] = Counter()  # scheduled pushes, by PushResult.outcome or error
@@ -114,6 +119,26 @@ class StreamingLearner:
         self.rate_window: deque[tuple[float, int]] = deque(maxlen=64)  # (time, rollouts so far)
         self.last_publish = 0.0
         self.last_error: str | None = None
+
+    def _restore(self, checkpoint: Path) -> None:
+        """What a resume picks up besides the model: the held-out set (reloaded, then only extended),
+        the sampling buffer with its use counts, and the buffer's sampling generator, so the first
+        steps after a restart see the same kind of data the last ones did."""
+        if (self.run_dir / HELDOUT).exists():
+            self.heldout.extend(read_records([self.run_dir / HELDOUT]))
+        if (checkpoint / BUFFER).exists():
+            n = self.buffer.load(checkpoint / BUFFER)
+            self.newest = max((r["ts_ms"] for r, _ in self.buffer.entries), default=0)
+            log.info("buffer refilled with %d records from checkpoint %s", n, checkpoint.name)
+        state = (
+            json.loads((checkpoint / LEARNER_STATE).read_text())
+            if (checkpoint / LEARNER_STATE).exists()
+            else {}
+        )
+        if "stream_rng" in state:
+            version, internal, gauss = state["stream_rng"]
+            self.rng.setstate((version, tuple(internal), gauss))
+        log.info("held-out set: %d records reloaded", len(self.heldout))
 
     # -- the scheduler -----------------------------------------------------------------------
     def start_scheduler(self) -> Any:
@@ -158,6 +183,8 @@ class StreamingLearner:
                 ),
                 max_regression=pc.max_regression,
                 min_distinct_top1=pc.min_distinct_top1,
+                alpha=pc.alpha,
+                min_heldout=pc.min_heldout,
                 scheduled=True,
                 notify_url=pc.notify_url,
                 verify_timeout_s=pc.verify_timeout_s,
@@ -217,12 +244,15 @@ class StreamingLearner:
         lc, ck = self.cfg.learn, self.cfg.checkpoint
         taken = 0
         while not stop.is_set() and (max_steps is None or taken < max_steps):
+            began = time.monotonic()
             self.learner.policy = self.watcher.poll()  # 1
             self._maybe_reset()  # 2
             learner = self.learner
             self._read(reader.poll(200))  # 3
-            if len(self.buffer) >= lc.batch_prompts:  # 4
-                stats = learner.step(learner.make_batch(self.rng.sample(list(self.buffer), lc.batch_prompts)))
+            if not self.buffer.ready(lc.batch_prompts):  # 4: too few fresh prompts: idle, not overfit
+                self.idle_s += time.monotonic() - began
+            else:
+                stats = learner.step(learner.make_batch(self.buffer.sample(self.rng, lc.batch_prompts)))
                 self.last_metrics = stats.values
                 taken += 1
                 if not stats.skipped and lc.algo != "sft":
@@ -294,20 +324,26 @@ class StreamingLearner:
         log.warning("%s", letter["reason"])
 
     def _read(self, records: list[dict[str, Any]]) -> None:
-        lc = self.cfg.learn
         self.records_in += len(records)
         records = self._admit(records)
         train = self._split(records)
         self.learner.observe(train)
         self.buffer.extend(r for r in train if self.learner.usable(r))
         self.newest = max([self.newest, *(r["ts_ms"] for r in records)])
-        while self.buffer and self.buffer[0]["ts_ms"] < self.newest - lc.buffer_max_age_s * 1000:
-            self.buffer.popleft()
+        self.buffer.expire(self.newest)
 
     def checkpoint(self, reader: RewardReader) -> None:
         """1. checkpoint (atomic); 2. the held-out set; 3. commit offsets; 4. retention."""
         self.tick.clear()
-        path = save(self.store, self.learner, reader.positions(), self.last_metrics)
+        version, internal, gauss = self.rng.getstate()
+        path = save(
+            self.store,
+            self.learner,
+            reader.positions(),
+            self.last_metrics,
+            extra={"stream_rng": [version, list(internal), gauss]},
+            more=lambda folder: self.buffer.save(folder / BUFFER),
+        )
         self._write_heldout()
         reader.commit()
         self.last_saved_step = self.learner.steps

@@ -368,7 +368,11 @@ def sids_build(
     save_codebook(book, catalog, out, enc.name)
     stats = book.stats()
     if not as_json:
-        console.print(f"codebook of {len(ids)} items in {out}: {stats}")
+        console.print(
+            f"codebook in {out}: {stats['items']} items, {stats['distinct_prefixes']} prefixes; "
+            f"{stats['items_sharing_a_prefix']} items share a prefix with another (largest group "
+            f"{stats['largest_prefix_group']}, capacity {stats['prefix_capacity']}); no two items share a SID"
+        )
     _emit(stats)
 
 
@@ -483,6 +487,7 @@ def eval_cmd(
         console.print(f"[red]refused:[/red] {exc}")
         raise typer.Exit(2) from None
     result = evaluate(model, tok, book, vocab, load_records(records)[:limit], k, beam)
+    result.pop("hits", None)  # per-request hits: for the push gate's paired test, not a report
     if as_json:
         _emit(result)
         return
@@ -524,7 +529,15 @@ from streamrl import ops_cli  # noqa: E402,F401 - registers serve, push, rollbac
 
 # The refusals an operator's bad input raises (all ValueErrors), matched by name so that `main` does
 # not import the modules (rl/ pulls in torch) before a command needs them.
-REFUSALS = {"ConfigError", "ServingError", "CheckpointError", "WeightsError", "InitError", "ValidationError"}
+REFUSALS = {
+    "ConfigError",
+    "ServingError",
+    "CheckpointError",
+    "WeightsError",
+    "InitError",
+    "ValidationError",
+    "CodebookError",
+}
 
 
 def main() -> None:

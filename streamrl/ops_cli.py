@@ -105,6 +105,8 @@ def push_now(
         evaluate=heldout_evaluator(rd / HELDOUT, pc.eval_records, pc.eval_beam, cfg.learn),
         max_regression=pc.max_regression,
         min_distinct_top1=pc.min_distinct_top1,
+        alpha=pc.alpha,
+        min_heldout=pc.min_heldout,
         scheduled=False,
         notify_url=pc.notify_url,
         verify_timeout_s=pc.verify_timeout_s,

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from streamrl.checkpoints.push import push
+from streamrl.checkpoints.push import HeldoutScores, push
 from streamrl.checkpoints.serving import ServingError, ServingRoot
 from streamrl.checkpoints.store import CheckpointError, CheckpointStore, verify
 
@@ -138,12 +138,18 @@ def test_the_gate_refuses_damaged_nonfinite_and_regressing_checkpoints(tmp_path:
     store.write(3, _fill(float("nan")), {})
     r = push(store, serving)
     assert not r.pushed and "non-finite" in r.reason and "model.safetensors:w" in r.reason
-    # 3. held-out HR@10 more than max_regression below the served version's
+    # 3. held-out HR@10 at least max_regression below the served version's, and significantly so, on
+    # 200 paired requests: 30 both hit, 10 only the candidate, 30 only the served version (0.20 vs 0.30,
+    # McNemar p = 2·P(X ≤ 10 | m=40) ≈ 0.002; tests/test_gate_stats.py covers the statistics)
     store.write(4, _fill(4.0), {})
-    hr = {"0000000004": 0.20, "1": 0.30}
-    r = push(store, serving, evaluate=lambda p: {"hr@10": hr[p.name]}, max_regression=0.05)
+    hits = {"0000000004": [1] * 30 + [1] * 10 + [0] * 160, "1": [1] * 30 + [0] * 10 + [1] * 30 + [0] * 130}
+
+    def scores(p: Path) -> HeldoutScores:
+        return {"hr@10": sum(hits[p.name]) / 200, "hits": hits[p.name]}
+
+    r = push(store, serving, evaluate=scores, max_regression=0.05)
     assert not r.pushed and "HR@10 0.2000" in r.reason and r.metrics["served_hr@10"] == 0.30
-    r = push(store, serving, evaluate=lambda p: {"hr@10": hr[p.name]}, max_regression=0.15)
+    r = push(store, serving, evaluate=scores, max_regression=0.15)
     assert r.pushed and r.version == 2 and r.metrics["hr@10"] == 0.20
     refused = [h for h in serving.history() if h["action"] == "refused_push"]
     assert [h["step"] for h in refused] == [2, 3, 4] and all(h["reason"] for h in refused)

@@ -224,6 +224,8 @@ def test_live_weights_scheduled_push_and_resume(kafka_cfg: StreamrlConfig, world
             "streamrl_learner_weights_version 1.0",
             "streamrl_learner_last_push_timestamp_seconds ",
             'streamrl_learner_pushes_total{result="refused"}',
+            "streamrl_learner_reuse_factor ",
+            "streamrl_learner_idle_seconds_total ",
             "process_resident_memory_bytes ",
             "process_cpu_seconds_total ",
         ):
@@ -257,13 +259,22 @@ def test_live_weights_scheduled_push_and_resume(kafka_cfg: StreamrlConfig, world
     kafka_io.send_records(producer, kafka_cfg.kafka.topics.rewards, 0, table)
     producer.flush()
     producer.close()
+    held_before = pq.read_table(tmp / "run" / "heldout.parquet").num_rows
+    saved_buffer = pq.read_table(final[0].path / "buffer.parquet").num_rows
+    assert held_before > 0 and saved_buffer > 0
     again = subprocess.run(
         _learn(kafka_cfg, tmp, "--steps", "1"), capture_output=True, text=True, timeout=300
     )
     assert again.returncode == 0, again.stderr[-2000:]
     assert f"resumed from checkpoint {final[0].step}" in again.stderr
-    steps = [json.loads(x)["step"] for x in again.stdout.splitlines() if x.startswith("{")]
-    assert steps == [final[0].step + 1]
+    lines = [json.loads(x) for x in again.stdout.splitlines() if x.startswith("{")]
+    assert [x["step"] for x in lines] == [final[0].step + 1]
+    # nothing of the past is lost: the held-out set is reloaded and only grows, the buffer is
+    # refilled from the checkpoint (its records plus the new ones)
+    assert f"buffer refilled with {saved_buffer} records" in again.stderr
+    assert f"held-out set: {held_before} records reloaded" in again.stderr
+    assert lines[0]["heldout"] >= held_before and lines[0]["buffer"] >= min(saved_buffer, 4)
+    assert pq.read_table(tmp / "run" / "heldout.parquet").num_rows >= held_before
 
 
 def test_warm_start_then_anchored_rl_with_the_first_push_after_it(

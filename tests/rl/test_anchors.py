@@ -153,7 +153,7 @@ def test_a_shown_item_with_unknown_tier_gets_the_relevance_sources_tier() -> Non
 @pytest.mark.parametrize(
     ("levels", "unique", "weights"),
     [
-        ((4, 3), (0, 4), (2.0, 0.0)),  # L = 2: the first code, then the item's own code
+        ((10,), (1, 4), (2.0, 0.0)),  # L = 2: the first code, then the item's own code
         ((4, 3, 3), (1, 4), (2.0, 2.0, 1.0, 0.0)),
         ((4, 3, 3), (2, 4), (2.0, 2.0, 1.0, 1.0, 0.0)),  # the released code's L = 5 weights
         ((4, 3, 3), (3, 4), (2.0, 2.0, 1.0, 1.0, 1.0, 0.0)),

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
+import pytest
 
 from streamrl.rl.encoders import HashEncoder
-from streamrl.rl.sid import SidCodebook, kmeans
+from streamrl.rl.sid import CodebookError, SidCodebook, kmeans
 
 
 def test_kmeans_separates_obvious_clusters() -> None:
@@ -132,3 +138,40 @@ def test_minilm_loads_offline_from_its_pypi_package_and_embeds_meaning(monkeypat
     assert v.shape == (4, 384)
     assert np.allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
     assert v[0] @ v[1] > v[0] @ v[2] + 0.2  # paraphrases are closer than unrelated items
+
+
+def test_a_build_that_would_collide_is_refused_with_the_unique_that_fits(tmp_path: Path) -> None:
+    """Issue #11 §5: 20 items on one prefix do not fit 1x4 (4 per prefix): refused, no codebook;
+    2x4 (16) still does not, 3x4 (64) does; the stats say how many items share a prefix."""
+    ids = [f"i{n}" for n in range(20)]
+    x = np.ones((20, 8))  # one embedding: every item lands on the same prefix
+    with pytest.raises(CodebookError, match=r"20 items share the prefix .* over the 4 .* --unique 3x4"):
+        SidCodebook((2,), (1, 4)).build(ids, x)
+    book = SidCodebook((2,), (3, 4)).build(ids, x)
+    st = book.stats()
+    assert st["distinct_sids"] == 20 and st["colliding_items"] == 0
+    assert (
+        st["items_sharing_a_prefix"] == 20
+        and st["largest_prefix_group"] == 20
+        and st["prefix_capacity"] == 64
+    )
+    # a new item on a full prefix is refused too, never given an existing item's SID
+    full = SidCodebook((2,), (1, 4)).build(ids[:4], x[:4])
+    with pytest.raises(CodebookError, match=r"already holds 4 items"):
+        full.assign("i-new", x[0])
+    assert len(set(full.sids.values())) == 4
+    # through the CLI: one line on stderr, exit 2, nothing written
+    item = {"type": "item", "ts_ms": 1, "title": "same", "category": ["a"], "merchant_id": "m", "attrs": {}}
+    catalog = tmp_path / "items.jsonl"
+    catalog.write_text("".join(json.dumps({**item, "item_id": f"i{n}"}) + "\n" for n in range(20)))
+    out = tmp_path / "s"
+    args = ["--items", str(catalog), "--out", str(out), "--encoder", "hash", "--levels", "2"]
+    args += ["--unique", "1x4"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "streamrl", "sids", "build", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and "--unique 3x4" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (out / "sid_codebook.parquet").exists()
