@@ -52,6 +52,7 @@ from streamrl.rewards.ctr import CtrTable, prior_from
 from streamrl.rewards.item import Components
 from streamrl.rewards.relevance import RelevanceSource, make_relevance
 from streamrl.rewards.weights import ItemInfo, RewardPolicy, default_policy
+from streamrl.rl import distributed
 from streamrl.rl.advantages import grpo_advantages, position_weights, tpma_advantages
 from streamrl.rl.loss import grpo_loss, kl_k3, tpma_grpo_loss
 from streamrl.rl.policy import SidVocab, format_prompt, rollout_with_targets, sequence_logp
@@ -130,6 +131,7 @@ class Learner:
         self.skipped = 0
         self.codebook_dir: Path = Path(".")  # where the codebook files came from (checkpoints copy them)
         self.resets_done: set[str] = set()  # rollback --reset-learner requests already honoured
+        self.dist: distributed.Dist = distributed.SINGLE  # this process's rank (rl/distributed.py)
 
     def reset_optimizer(self, lr: float | None = None) -> None:
         """A fresh AdamW (at `lr`, default learn.lr): RL does not inherit SFT's moment estimates. The
@@ -243,7 +245,9 @@ class Learner:
         accumulated gradient of the batch (in micro-batches), clipped, at the scheduled learning rate."""
         stats = self.accumulate(batch, sft)
         if stats.skipped:
+            self.skipped += 1
             return stats
+        distributed.sum_gradients(self.dist, list(self.model.parameters()))
         stats.values["grad_norm"] = float(
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         )
@@ -264,20 +268,23 @@ class Learner:
         """Zero the gradients, then back-propagate the batch's loss in micro-batches of
         `learn.micro_batch` prompts, each scaled by its share of the batch's loss terms, so the
         accumulated gradient is the one-batch gradient while only one micro-batch's graph is alive.
-        Skipped (gradients zeroed, counted) on non-finite rewards or loss."""
+        Under torch.distributed (rl/distributed.py) `batch` is the global batch: this rank takes its
+        contiguous share, its terms weighted by their share of the global batch, so the ranks'
+        summed gradients are the one-process gradient. Skipped (gradients zeroed; `step` counts it)
+        on non-finite rewards or loss."""
         self.model.train()
         self.opt.zero_grad(set_to_none=True)
         B, G, L = len(batch.prompts), self.cfg.group_size, self.vocab.L
-        size = self.cfg.micro_batch or B
-        parts = [_slice(batch, i, i + size) for i in range(0, B, size)]
+        mine = self.dist.share(B)
+        size = self.cfg.micro_batch or (mine.stop - mine.start)
+        parts = [(i, _slice(batch, i, min(i + size, mine.stop))) for i in range(mine.start, mine.stop, size)]
         sft = sft or self.cfg.algo == "sft"
         # one uniform per rollout token, drawn for the whole batch: micro-batches sample what one would
         uniforms = torch.empty(0) if sft else torch.rand((B * G, L), generator=self.gen)
         targets = sum(1 for t in batch.targets if t)  # prompts with a target: the SFT term's rows
-        total = 0.0
+        total, skipped = 0.0, False
         acc: dict[str, float] = {}
-        for n, part in enumerate(parts):
-            first = n * size
+        for first, part in parts:
             values: dict[str, float] = {}
             share, t_share = len(part.prompts) / B, sum(1 for t in part.targets if t) / max(targets, 1)
             if sft:
@@ -286,10 +293,10 @@ class Learner:
                 loss = self._sft_nll(part) * t_share
             else:
                 out = self._policy_loss(part, uniforms[first * G : (first + len(part.prompts)) * G])
-                if isinstance(out, StepStats):  # non-finite rewards: skipped and counted, nothing learned
-                    self.opt.zero_grad(set_to_none=True)
-                    self.skipped += 1
-                    return out
+                if isinstance(out, StepStats):  # non-finite rewards: skipped, nothing learned
+                    acc.update(out.values)
+                    skipped = True
+                    break
                 terms, values = out
                 loss = share * terms["pg"]
                 if "kl" in terms:
@@ -297,15 +304,24 @@ class Learner:
                 if "sft" in terms:
                     loss = loss + t_share * self.cfg.sft_weight * terms["sft"]
             if not math.isfinite(float(loss.detach())):
-                self.opt.zero_grad(set_to_none=True)
-                self.skipped += 1
-                return StepStats({**acc, **values}, skipped=True)
+                acc.update(values)
+                skipped = True
+                break
             loss.backward()
             total += float(loss.detach())
             for key, v in values.items():  # statistics: averaged over micro-batches by their prompts
                 acc[key] = acc.get(key, 0.0) + v * share
         acc["loss"] = total
-        return StepStats(acc)
+        if self.dist.on:  # one exchange: any rank's skip skips all; each rank's shares sum to the batch's
+            shares = distributed.gather(self.dist, (skipped, acc))
+            skipped = any(s for s, _ in shares)
+            acc = {}
+            for _, part_stats in shares:
+                for key, v in part_stats.items():
+                    acc[key] = acc.get(key, 0.0) + v
+        if skipped:
+            self.opt.zero_grad(set_to_none=True)
+        return StepStats(acc, skipped=skipped)
 
     def _policy_loss(
         self, batch: Batch, uniforms: torch.Tensor

@@ -45,10 +45,12 @@ from streamrl.checkpoints.serving import ServingError, ServingRoot
 from streamrl.checkpoints.store import BUFFER, LEARNER_STATE, CheckpointError, CheckpointStore
 from streamrl.configs.schema import StreamrlConfig
 from streamrl.rewards.weights import WeightsStore, WeightsWatcher, default_policy
+from streamrl.rl import distributed
 from streamrl.rl.buffer import SampleBuffer
-from streamrl.rl.checkpointing import new_learner, pin_codebook, resolve, save
+from streamrl.rl.checkpointing import InitError, new_learner, pin_codebook, resolve, save
 from streamrl.rl.curves import Curves
 from streamrl.rl.gate import heldout_evaluator
+from streamrl.rl.learner import Learner, pick_device
 from streamrl.rl.learner_metrics import publish
 from streamrl.rl.warm import run_warm_start, warm_records
 from streamrl.stream.kafka_io import RewardReader
@@ -71,9 +73,29 @@ def is_heldout(request_id: str, percent: float) -> bool:
     return (h % 10_000) < percent * 100
 
 
+class _SyncedStop(threading.Event):
+    """Rank 0's stop flag on every rank, asked at the same points (rl/distributed.py): the ranks
+    leave a loop at the same step, whenever each received its own SIGTERM."""
+
+    def __init__(self, d: distributed.Dist, stop: threading.Event) -> None:
+        super().__init__()
+        self.d, self.stop = d, stop
+
+    def is_set(self) -> bool:
+        return bool(distributed.broadcast(self.d, self.stop.is_set()))
+
+
 class StreamingLearner:
-    def __init__(self, cfg: StreamrlConfig, sids_dir: Path, run_dir: Path, seed: int = 0) -> None:
+    def __init__(
+        self,
+        cfg: StreamrlConfig,
+        sids_dir: Path,
+        run_dir: Path,
+        seed: int = 0,
+        dist: distributed.Dist = distributed.SINGLE,
+    ) -> None:
         self.cfg = cfg
+        self.dist = dist
         self.run_dir = run_dir
         self.sids_dir = sids_dir
         self.seed = seed
@@ -91,7 +113,9 @@ class StreamingLearner:
             join=cfg.join,
             anchor_later=cfg.learn.warm_start.enabled and not latest,
         )
-        pin_codebook(self.learner, run_dir)
+        self._join(self.learner)
+        if dist.leader:
+            pin_codebook(self.learner, run_dir)
         if latest:
             log.info("resumed from checkpoint %d (%s)", latest[0].step, latest[0].path)
         self.needs_warm_start = cfg.learn.warm_start.enabled and not latest
@@ -113,12 +137,20 @@ class StreamingLearner:
         self.last_metrics: dict[str, float] = {}
         self._next_reset_check = 0.0
         self.metrics = ProcessMetrics("learner", cfg.metrics.stale_after_s)
-        self.curves = Curves(run_dir, cfg.learn.tensorboard)  # RUN_DIR/tensorboard (rl/curves.py)
+        # RUN_DIR/tensorboard (rl/curves.py), written by rank 0
+        self.curves = Curves(run_dir, cfg.learn.tensorboard and dist.leader)
         self.records_in = 0
         self.rollouts = 0
         self.rate_window: deque[tuple[float, int]] = deque(maxlen=64)  # (time, rollouts so far)
         self.last_publish = 0.0
         self.last_error: str | None = None
+
+    def _join(self, learner: Learner) -> None:
+        """A learner of this process group: its rank, and rank 0's parameters."""
+        learner.dist = self.dist
+        distributed.sync_parameters(self.dist, learner.model)
+        if learner.ref is not None:
+            distributed.sync_parameters(self.dist, learner.ref)
 
     def _restore(self, checkpoint: Path) -> None:
         """What a resume picks up besides the model: the held-out set (reloaded, then only extended),
@@ -203,17 +235,19 @@ class StreamingLearner:
         reader has not read anything yet). A look-back that finds nothing to learn from yet waits
         for records (a new deployment); SIGTERM meanwhile, or during the SFT steps, stops without
         saving (the next start warm starts again). Returns whether it finished."""
-        wc = self.cfg.learn.warm_start
+        wc, d = self.cfg.learn.warm_start, self.dist
         while True:
-            records = warm_records(wc, self.cfg.kafka)
+            records = distributed.broadcast(d, warm_records(wc, self.cfg.kafka) if d.leader else None)
             if any(self.learner.usable(r) for r in records) or wc.records:
                 break
             log.warning(
                 "warm start: no usable records in the last %s s of the rewards topic yet; waiting",
                 wc.lookback_s,
             )
-            if stop.wait(10.0):
+            if distributed.broadcast(d, stop.wait(10.0) if d.leader else None):
                 return False
+        if d.on:
+            stop = _SyncedStop(d, stop)
         log.info("warm start on %d records, %d SFT steps", len(records), wc.steps)
         self.warm_ids = [r["request_id"] for r in records]
         train = self._split(records)
@@ -231,24 +265,33 @@ class StreamingLearner:
             return False
         self.buffer.extend(r for r in train if self.learner.usable(r))  # RL starts on them
         self.newest = max([self.newest, *(r["ts_ms"] for r in records)])
-        save(self.store, self.learner, None, {"warm_start_loss": summary["loss"]}, {"warm_start": summary})
-        self._write_heldout()
         self.last_saved_step = self.learner.steps
         self.needs_warm_start = False
+        if not d.leader:
+            return True
+        save(self.store, self.learner, None, {"warm_start_loss": summary["loss"]}, {"warm_start": summary})
+        self._write_heldout()
         if self.cfg.push.enabled:
             self.scheduled_push()  # the first push: the warm-start model, through the gate
         return True
 
     # -- the loop ----------------------------------------------------------------------------
-    def run(self, reader: RewardReader, stop: threading.Event, max_steps: int | None = None) -> int:
+    def run(self, reader: RewardReader | None, stop: threading.Event, max_steps: int | None = None) -> int:
+        """The loop; `reader` is rank 0's (None on the other ranks, which get what it read)."""
         lc, ck = self.cfg.learn, self.cfg.checkpoint
         taken = 0
-        while not stop.is_set() and (max_steps is None or taken < max_steps):
+        while True:
             began = time.monotonic()
-            self.learner.policy = self.watcher.poll()  # 1
-            self._maybe_reset()  # 2
+            # rank 0 looks at the world; every rank then applies the same (rl/distributed.py)
+            news = self._news(reader, stop.is_set() or (max_steps is not None and taken >= max_steps))
+            if news["stop"]:
+                break
+            if news["policy"] is not None:
+                self.learner.policy = news["policy"]  # 1
+            if news["reset"] is not None:
+                self._reset_to(*news["reset"])  # 2
             learner = self.learner
-            self._read(reader.poll(200))  # 3
+            self._read(news["records"])  # 3
             if not self.buffer.ready(lc.batch_prompts):  # 4: too few fresh prompts: idle, not overfit
                 self.idle_s += time.monotonic() - began
             else:
@@ -263,17 +306,33 @@ class StreamingLearner:
                     "skipped_total": learner.skipped,
                     "buffer": len(self.buffer),
                 }
-                print(json.dumps({**line, "heldout": len(self.heldout), **stats.values}), flush=True)
+                if self.dist.leader:  # one line per step, from rank 0
+                    print(json.dumps({**line, "heldout": len(self.heldout), **stats.values}), flush=True)
                 self.curves.scalars(
                     "train", {**line, "heldout": len(self.heldout), **stats.values}, learner.steps
                 )
             self._publish()
             due = ck.every_steps is not None and learner.steps - self.last_saved_step >= ck.every_steps
-            if (due or self.tick.is_set()) and learner.steps > self.last_saved_step:  # 5
+            if (due or news["tick"]) and learner.steps > self.last_saved_step:  # 5
                 self.checkpoint(reader)
         if self.learner.steps > self.last_saved_step or not self.store.checkpoints():
             self.checkpoint(reader)
         return 0
+
+    def _news(self, reader: RewardReader | None, stop: bool) -> dict[str, Any]:
+        """Rank 0: stop, the weights in force (when they changed), a rollback reset to honour, the
+        records read, the checkpoint tick; every rank receives rank 0's."""
+        news: dict[str, Any] | None = None
+        if self.dist.leader:
+            policy = self.watcher.poll()
+            news = {
+                "stop": stop,
+                "policy": policy if policy is not self.learner.policy else None,
+                "reset": self._reset_request(),
+                "records": reader.poll(200) if reader is not None and not stop else [],
+                "tick": self.tick.is_set(),
+            }
+        return dict(distributed.broadcast(self.dist, news))
 
     def _publish(self, force: bool = False) -> None:
         publish(self, force)
@@ -313,6 +372,8 @@ class StreamingLearner:
         return ok
 
     def _dead_letter(self, letter: dict[str, Any]) -> None:
+        if not self.dist.leader:  # rank 0 read the same record and dead-letters it
+            return
         try:
             if self._dlq is None:
                 from streamrl.stream import kafka_io
@@ -332,9 +393,13 @@ class StreamingLearner:
         self.newest = max([self.newest, *(r["ts_ms"] for r in records)])
         self.buffer.expire(self.newest)
 
-    def checkpoint(self, reader: RewardReader) -> None:
-        """1. checkpoint (atomic); 2. the held-out set; 3. commit offsets; 4. retention."""
+    def checkpoint(self, reader: RewardReader | None) -> None:
+        """1. checkpoint (atomic); 2. the held-out set; 3. commit offsets; 4. retention. Rank 0's
+        work: the other ranks hold the same state and only note the step."""
         self.tick.clear()
+        if not self.dist.leader or reader is None:
+            self.last_saved_step = self.learner.steps
+            return
         version, internal, gauss = self.rng.getstate()
         path = save(
             self.store,
@@ -359,24 +424,27 @@ class StreamingLearner:
             table = pa.Table.from_pylist(list(self.heldout), schema=RECORD_SCHEMA)
             write_parquet_atomic(table, self.run_dir / HELDOUT)
 
-    def _maybe_reset(self) -> None:
+    def _reset_request(self) -> tuple[int, str] | None:
+        """A `rollback --reset-learner` not yet honoured: (version, request id), checked each second."""
         now = time.monotonic()
         if now < self._next_reset_check:
-            return
+            return None
         self._next_reset_check = now + 1.0
         try:
             policy = self.serving.policy()
         except ServingError as exc:
             log.error("cannot read serving policy: %s", exc)
-            return
+            return None
         rid = policy.get("request_id")
         if (
             policy.get("mode") != "pinned"
             or not policy.get("reset_learner")
             or rid in self.learner.resets_done
         ):
-            return
-        version = int(policy["version"])
+            return None
+        return int(policy["version"]), str(rid)
+
+    def _reset_to(self, version: int, rid: str) -> None:
         old = self.learner
         try:
             fresh = new_learner(
@@ -384,19 +452,22 @@ class StreamingLearner:
                 self.sids_dir,
                 self.seed,
                 resume_from=self.serving.version_path(version),
-                policy=self.watcher.policy,
+                policy=old.policy,
                 join=self.cfg.join,
             )
         except (CheckpointError, OSError, ValueError) as exc:
             log.error("reset to version %d refused, continuing as before: %s", version, exc)
             old.resets_done.add(str(rid))
             return
-        pin_codebook(fresh, self.run_dir)
+        self._join(fresh)
+        if self.dist.leader:
+            pin_codebook(fresh, self.run_dir)
         fresh.steps = max(old.steps, fresh.steps)  # checkpoint steps only grow
         fresh.resets_done = {*old.resets_done, str(rid)}
         fresh.ctr = old.ctr  # what the stream taught about CTR is not undone by a rollback
         self.learner = fresh
-        self.serving.record("learner_reset", version=version, step=fresh.steps, request_id=rid)
+        if self.dist.leader:
+            self.serving.record("learner_reset", version=version, step=fresh.steps, request_id=rid)
         log.warning("learner reset to serving version %d (request %s)", version, rid)
 
 
@@ -408,9 +479,31 @@ def run_streaming(
     max_steps: int | None = None,
     seed: int = 0,
 ) -> int:
-    run_dir = out or Path(cfg.learn.run_dir)
-    sl = StreamingLearner(cfg, sids_dir, run_dir, seed)
-    sl.metrics.serve(cfg.metrics.host, cfg.metrics.learner_port)
+    """The streaming learner; under torchrun, one rank of the group (rl/distributed.py)."""
+    d = distributed.from_env(pick_device(cfg.learn.device))
+    if cfg.learn.batch_prompts % d.world:
+        raise InitError(
+            f"learn.batch_prompts={cfg.learn.batch_prompts} (the global batch) does not divide into "
+            f"{d.world} ranks: make it a multiple of the world size"
+        )
+    try:
+        return _run(cfg, sids_dir, out or Path(cfg.learn.run_dir), stop, max_steps, seed, d)
+    finally:
+        distributed.close(d)
+
+
+def _run(
+    cfg: StreamrlConfig,
+    sids_dir: Path,
+    run_dir: Path,
+    stop: threading.Event,
+    max_steps: int | None,
+    seed: int,
+    d: distributed.Dist,
+) -> int:
+    sl = StreamingLearner(cfg, sids_dir, run_dir, seed, d)
+    if d.leader:
+        sl.metrics.serve(cfg.metrics.host, cfg.metrics.learner_port)
     sl._publish(force=True)  # /metrics and /healthz answer from the start
     if sl.needs_warm_start:
         try:  # before the reader and the scheduler: no push precedes it
@@ -422,15 +515,18 @@ def run_streaming(
             sl.curves.close()
             sl.metrics.stop()
             raise
-    reader = RewardReader(cfg.kafka, cfg.kafka.learn_group)
-    for rid in sl.warm_ids:  # a look-back's records come again on the topic: learned once is enough
-        reader.seen.first(rid)
-    sched = sl.start_scheduler()
+    reader = RewardReader(cfg.kafka, cfg.kafka.learn_group) if d.leader else None
+    if reader is not None:
+        for rid in sl.warm_ids:  # a look-back's records come again on the topic: learned once is enough
+            reader.seen.first(rid)
+    sched = sl.start_scheduler() if d.leader else None
     try:
         return sl.run(reader, stop, max_steps)
     finally:
-        sched.shutdown(wait=True)
-        reader.close()
+        if sched is not None:
+            sched.shutdown(wait=True)
+        if reader is not None:
+            reader.close()
         if sl._dlq is not None:
             sl._dlq.flush()
             sl._dlq.close()

@@ -32,8 +32,12 @@ MEMBER_ENV = "STREAMRL_MEMBER"  # set by `streamrl run` for each child: joiner-0
 
 
 def member_name(process: str) -> str:
-    """This process's member name: STREAMRL_MEMBER when a supervisor set it, else its role."""
-    return os.environ.get(MEMBER_ENV) or process
+    """This process's member name: STREAMRL_MEMBER when a supervisor set it, else its role; a rank of
+    a torchrun group (WORLD_SIZE > 1) adds `-rank<RANK>`."""
+    name = os.environ.get(MEMBER_ENV) or process
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        name += f"-rank{os.environ.get('RANK', '0')}"
+    return name
 
 
 Labels = tuple[tuple[str, str], ...]
