@@ -294,6 +294,10 @@ class LearnConfig(Section):
     # chunks of this many (their G rollouts each) and the gradients accumulated, so peak memory is
     # set by micro_batch x G, not B x G; the gradient equals the one-batch gradient (tested). None = B
     micro_batch: int | None = Field(None, ge=1)
+    # ops: ranks of the learner under `streamrl run` (torchrun --nproc-per-node; one per GPU, gloo on
+    # CPUs); batch_prompts is the global batch, a multiple of it. rl/distributed.py says how it splits
+    world_size: int = Field(1, ge=1)
+    max_restarts: int = Field(3, ge=0)  # ops: torchrun restarts the whole group this often after a rank dies
     # measured (docs/benchmarks.md sweep): per-token mean CE on the first target SID; seed code: 0.1
     sft_weight: float = Field(1.0, ge=0.0)
     # measured: k3 KL to the frozen reference (seed code: 0); > 0 needs an anchor (init_from, the

@@ -72,7 +72,17 @@ def from_env(device: torch.device, timeout_s: float = 600.0) -> Dist:
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+        timeout = datetime.timedelta(seconds=timeout_s)
+        rank = int(os.environ["RANK"])
+        # The group's keys under a prefix of torchrun's restart attempt: measured here (torch 2.13,
+        # gloo), a group restarted by `--max-restarts` otherwise meets the dead attempt's addresses
+        # in torchrun's store and fails to connect ("Gloo connectFullMesh failed").
+        store = dist.TCPStore(
+            os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, False, timeout=timeout
+        )
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        prefixed = dist.PrefixStore(f"streamrl/attempt_{attempt}", store)
+        dist.init_process_group(backend, store=prefixed, rank=rank, world_size=world, timeout=timeout)
     d = Dist(dist.get_rank(), dist.get_world_size())
     log.info("rank %d of %d (%s)", d.rank, d.world, dist.get_backend())
     return d

@@ -20,8 +20,10 @@ from typing import Any
 from streamrl.checkpoints.store import LEARNER_ONLY, MANIFEST, CheckpointStore
 from streamrl.configs.schema import JoinConfig, LearnConfig
 from streamrl.rewards.weights import RewardPolicy
+from streamrl.rl import distributed
 from streamrl.rl.checkpointing import level_sizes, new_learner, resolve, save
 from streamrl.rl.curves import Curves
+from streamrl.rl.learner import pick_device
 from streamrl.stream.records import read_records
 
 __all__ = ["level_sizes", "load_records", "run_offline"]
@@ -47,7 +49,31 @@ def run_offline(
     checkpoint or run folder of the same codebook); v_click, v_order and the CTR prior from `join`."""
     random.seed(seed)
     init = resolve(Path(cfg.init_from)) if cfg.init_from else None
+    d = distributed.from_env(pick_device(cfg.device))  # under torchrun: this rank's share of each batch
+    try:
+        return _offline(cfg, records_dir, sids_dir, steps, out, seed, log_every, policy, join, init, d)
+    finally:
+        distributed.close(d)
+
+
+def _offline(
+    cfg: LearnConfig,
+    records_dir: Path,
+    sids_dir: Path,
+    steps: int,
+    out: Path,
+    seed: int,
+    log_every: int,
+    policy: RewardPolicy | None,
+    join: JoinConfig | None,
+    init: Path | None,
+    d: distributed.Dist,
+) -> dict[str, Any]:
+    if cfg.batch_prompts % d.world:
+        raise ValueError(f"learn.batch_prompts={cfg.batch_prompts} does not divide into {d.world} ranks")
     learner = new_learner(cfg, sids_dir, seed, init_from=init, policy=policy, join=join)
+    learner.dist = d
+    distributed.sync_parameters(d, learner.model)
     records = load_records(records_dir)
     learner.observe(records)
     prompts = [r for r in records if learner.usable(r)]
@@ -57,14 +83,15 @@ def run_offline(
     history: list[dict[str, float]] = []
     start = time.monotonic()
     last: dict[str, float] = {}
-    curves = Curves(out, cfg.tensorboard)
+    curves = Curves(out, cfg.tensorboard and d.leader)
     for step in range(1, steps + 1):
         stats = learner.step(learner.make_batch(rng.sample(prompts, min(cfg.batch_prompts, len(prompts)))))
         last = stats.values
         curves.scalars("train", {**stats.values, "skipped": stats.skipped}, learner.steps)
         if step % log_every == 0 or step == steps:
             history.append({"step": step, **stats.values, "skipped": float(stats.skipped)})
-            print(json.dumps(history[-1]), flush=True)
+            if d.leader:
+                print(json.dumps(history[-1]), flush=True)
     summary: dict[str, Any] = {
         "steps": learner.steps,
         "skipped": learner.skipped,
@@ -79,6 +106,8 @@ def run_offline(
         "tensorboard": str(curves.path) if curves.path else None,
     }
     curves.close()
+    if not d.leader:  # rank 0 saves and exports the one model every rank holds
+        return summary
     path = save(CheckpointStore(out), learner, metrics=last, extra={"summary": summary, "history": history})
     export(path, out)
     summary["checkpoint"] = str(path)

@@ -447,6 +447,8 @@ def learn(
     except (ValueError, OSError, WeightsError, CheckpointError) as exc:
         console.print(f"[red]refused:[/red] {exc}")
         raise typer.Exit(2) from None
+    if "checkpoint" not in summary:  # a rank other than 0 under torchrun: rank 0 reports
+        raise typer.Exit(0)
     print(json.dumps(summary), flush=True)  # the last stdout line: the run's summary, one JSON line
     console.print(f"checkpoint {summary['checkpoint']}")
     if summary.get("tensorboard"):

@@ -55,7 +55,17 @@ def child_commands(cfg: StreamrlConfig, config: Path | None, overrides: list[str
             extra += ["--set", f"kafka.group_instance_id={cfg.kafka.group_instance_id}-{i}"]
         out.append(Child(f"joiner-{i}", [*base, "join", *common, *extra]))
     if cfg.run.learner:
-        out.append(Child("learner", [*base, "learn", *common]))
+        lc = cfg.learn
+        launcher = base
+        if lc.world_size > 1:  # torchrun: the ranks, and a fresh group after a rank dies (rl/distributed.py)
+            launcher = [sys.executable, "-m", "streamrl.launch", "--standalone"]
+            launcher += [
+                f"--nproc-per-node={lc.world_size}",
+                f"--max-restarts={lc.max_restarts}",
+                "-m",
+                "streamrl",
+            ]
+        out.append(Child("learner", [*launcher, "learn", *common]))
     return out
 
 

@@ -34,3 +34,16 @@ def test_two_ranks_compute_the_one_process_gradient(tmp_path: Path, algo: str, m
     torch.testing.assert_close(g2, g1, rtol=1e-4, atol=1e-6)
     for key in ("loss", "reward_mean") if algo != "sft" else ("loss",):
         assert two["stats"][key] == pytest.approx(one["stats"][key], rel=1e-4, abs=1e-6), key
+
+
+def test_streamrl_run_starts_the_learner_ranks_with_torchrun() -> None:
+    from streamrl.configs import load_config
+    from streamrl.supervisor import child_commands
+
+    cfg = load_config(overrides=["learn.world_size=2", "learn.max_restarts=5", "learn.batch_prompts=16"])
+    learner = next(c for c in child_commands(cfg, None, []) if c.name == "learner")
+    assert learner.cmd[1:3] == ["-m", "streamrl.launch"] and "--standalone" in learner.cmd
+    assert "--nproc-per-node=2" in learner.cmd and "--max-restarts=5" in learner.cmd
+    assert learner.cmd[-1] == "learn" and learner.cmd[-3:-1] == ["-m", "streamrl"]
+    one = next(c for c in child_commands(load_config(), None, []) if c.name == "learner")
+    assert one.cmd[1:4] == ["-m", "streamrl", "learn"]
