@@ -297,6 +297,9 @@ class LearnConfig(Section):
     # ops: ranks of the learner under `streamrl run` (torchrun --nproc-per-node; one per GPU, gloo on
     # CPUs); batch_prompts is the global batch, a multiple of it. rl/distributed.py says how it splits
     world_size: int = Field(1, ge=1)
+    # ops: streaming: items that appear on the items topic get SIDs while the learner runs (no rebuild,
+    # no re-IDs; rl/catalog_watch.py); the codebook is versioned and travels with checkpoints and pushes
+    follow_items: bool = True
     max_restarts: int = Field(3, ge=0)  # ops: torchrun restarts the whole group this often after a rank dies
     # measured (docs/benchmarks.md sweep): per-token mean CE on the first target SID; seed code: 0.1
     sft_weight: float = Field(1.0, ge=0.0)

@@ -103,13 +103,11 @@ class Learner:
         self.tok = tok
         self.book = book
         self.by_sid = {sid: item for item, sid in book.sids.items()}
-        self.category = catalog_category
+        self.category = dict(catalog_category)  # grows with new catalog items (`add_items`)
         rc = cfg.relevance
-        self.relevance = relevance or make_relevance(
-            rc.source, catalog_category, rc.path, rc.url, rc.timeout_s
-        )
-        level_sizes = [*book.levels, *([book.unique[1]] * book.unique[0])]
-        self.vocab = SidVocab(tok, level_sizes, list(book.sids.values()))
+        self.relevance = relevance or make_relevance(rc.source, self.category, rc.path, rc.url, rc.timeout_s)
+        self.vocab_sizes = [*book.levels, *([book.unique[1]] * book.unique[0])]
+        self.vocab = SidVocab(tok, self.vocab_sizes, list(book.sids.values()))
         L = self.vocab.L
         self.position_weights = cfg.position_weights or position_weights(L)  # Eq.14
         if len(self.position_weights) != L:
@@ -132,6 +130,23 @@ class Learner:
         self.codebook_dir: Path = Path(".")  # where the codebook files came from (checkpoints copy them)
         self.resets_done: set[str] = set()  # rollback --reset-learner requests already honoured
         self.dist: distributed.Dist = distributed.SINGLE  # this process's rank (rl/distributed.py)
+
+    def add_items(self, rows: list[tuple[str, tuple[int, ...], tuple[str, ...], str]]) -> int:
+        """New catalog items with the SIDs rank 0 assigned them (rl/catalog_watch.py): into the
+        codebook, the reward tables and the decoding trie, from this step on; existing items keep
+        their SIDs. Returns how many were new."""
+        new = 0
+        for item_id, sid, category, merchant in rows:
+            if self.by_sid.get(sid) == item_id:  # known (rank 0's book already holds what it assigned)
+                continue
+            self.book.place(item_id, sid)
+            self.by_sid[sid] = item_id
+            self.category[item_id] = category
+            self.info[item_id] = ItemInfo(merchant, category)
+            new += 1
+        if new:
+            self.vocab = SidVocab(self.tok, self.vocab_sizes, list(self.book.sids.values()))
+        return new
 
     def reset_optimizer(self, lr: float | None = None) -> None:
         """A fresh AdamW (at `lr`, default learn.lr): RL does not inherit SFT's moment estimates. The

@@ -51,6 +51,18 @@ def publish(sl: StreamingLearner, force: bool = False) -> None:
         ),
         "streamrl_learner_rollouts_per_second": ("Rollouts per second, recent", rate),
         "streamrl_learner_buffer_records": ("Prompts in the sampling buffer", float(len(sl.buffer))),
+        "streamrl_learner_catalog_items": (
+            "Items in the learner's codebook",
+            float(len(sl.learner.book.sids)),
+        ),
+        "streamrl_learner_new_items_total": (
+            "Items from the items topic given SIDs while running",
+            float(sl.catalog.added if sl.catalog else 0),
+        ),
+        "streamrl_learner_refused_items_total": (
+            "New items refused: their SID prefix is full (rebuild with more unique levels)",
+            float(sl.catalog.refused if sl.catalog else 0),
+        ),
         "streamrl_learner_idle_seconds_total": (
             "Time the loop waited with fewer than B fresh prompts (learn.max_reuse reached)",
             sl.idle_s,

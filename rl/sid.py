@@ -122,6 +122,17 @@ class SidCodebook:
         self.sids[item_id] = sid
         return sid
 
+    def place(self, item_id: str, sid: tuple[int, ...]) -> None:
+        """An item whose SID was assigned elsewhere (a file, rank 0): recorded, and its prefix's next
+        free unique number moved past it."""
+        self.sids[item_id] = sid
+        n_levels, size = self.unique
+        number = sum(
+            c * size**p for c, p in zip(sid[len(self.levels) :], reversed(range(n_levels)), strict=True)
+        )
+        prefix = sid[: len(self.levels)]
+        self._next_unique[prefix] = max(self._next_unique.get(prefix, 0), number + 1)
+
     def assign(self, item_id: str, x: np.ndarray) -> tuple[int, ...]:
         """A new item's SID from the stored centroids (no rebuild); an existing item keeps its own."""
         if item_id in self.sids:
@@ -182,7 +193,10 @@ def level_sizes(book: SidCodebook) -> list[int]:
     return [*book.levels, *([book.unique[1]] * book.unique[0])]
 
 
-def save_codebook(book: SidCodebook, items: dict[str, CatalogItem], out: Path, encoder: str) -> None:
+def save_codebook(
+    book: SidCodebook, items: dict[str, CatalogItem], out: Path, encoder: str, version: int = 0
+) -> None:
+    """The codebook files; `version` counts the codebook's incremental growths (0: as built)."""
     import json
 
     import pyarrow as pa
@@ -211,6 +225,8 @@ def save_codebook(book: SidCodebook, items: dict[str, CatalogItem], out: Path, e
                 "unique": list(book.unique),
                 "encoder": encoder,
                 "length": book.length,
+                "version": version,
+                "items": len(book.sids),
             },
             indent=2,
         )

@@ -47,6 +47,7 @@ from streamrl.configs.schema import StreamrlConfig
 from streamrl.rewards.weights import WeightsStore, WeightsWatcher, default_policy
 from streamrl.rl import distributed
 from streamrl.rl.buffer import SampleBuffer
+from streamrl.rl.catalog_watch import CatalogWatch
 from streamrl.rl.checkpointing import InitError, new_learner, pin_codebook, resolve, save
 from streamrl.rl.curves import Curves
 from streamrl.rl.gate import heldout_evaluator
@@ -125,6 +126,7 @@ class StreamingLearner:
         self.buffer = SampleBuffer(lc.buffer_size, lc.buffer_max_age_s, lc.max_reuse)
         self.heldout: deque[dict[str, Any]] = deque(maxlen=cfg.push.heldout_max)
         self.rng = random.Random(seed)
+        self.catalog: CatalogWatch | None = None  # rank 0: new items on the items topic get SIDs
         self.idle_s = 0.0  # time the loop waited with too few fresh prompts to step (max_reuse)
         self.newest = 0
         if latest:
@@ -290,6 +292,8 @@ class StreamingLearner:
                 self.learner.policy = news["policy"]  # 1
             if news["reset"] is not None:
                 self._reset_to(*news["reset"])  # 2
+            if news["items"]:
+                self._add_items(news["items"])
             learner = self.learner
             self._read(news["records"])  # 3
             if not self.buffer.ready(lc.batch_prompts):  # 4: too few fresh prompts: idle, not overfit
@@ -331,8 +335,17 @@ class StreamingLearner:
                 "reset": self._reset_request(),
                 "records": reader.poll(200) if reader is not None and not stop else [],
                 "tick": self.tick.is_set(),
+                "items": self.catalog.poll(self.learner) if self.catalog is not None and not stop else [],
             }
         return dict(distributed.broadcast(self.dist, news))
+
+    def _add_items(self, rows: list[Any]) -> None:
+        """New catalog items (rank 0 assigned their SIDs) into every rank's learner; rank 0 writes
+        the grown codebook as its next version (rl/catalog_watch.py)."""
+        added = self.learner.add_items(rows)
+        if added and self.catalog is not None:
+            self.catalog.added += added
+            self.catalog.save_version(self.learner, self.run_dir)
 
     def _publish(self, force: bool = False) -> None:
         publish(self, force)
@@ -423,6 +436,12 @@ class StreamingLearner:
         if self.heldout:
             table = pa.Table.from_pylist(list(self.heldout), schema=RECORD_SCHEMA)
             write_parquet_atomic(table, self.run_dir / HELDOUT)
+
+    def _maybe_reset(self) -> None:
+        """Honour a pending `rollback --reset-learner` now (one process; the loop goes through `_news`)."""
+        request = self._reset_request()
+        if request is not None:
+            self._reset_to(*request)
 
     def _reset_request(self) -> tuple[int, str] | None:
         """A `rollback --reset-learner` not yet honoured: (version, request id), checked each second."""
@@ -519,6 +538,8 @@ def _run(
     if reader is not None:
         for rid in sl.warm_ids:  # a look-back's records come again on the topic: learned once is enough
             reader.seen.first(rid)
+    if d.leader and cfg.learn.follow_items:
+        sl.catalog = CatalogWatch(cfg.kafka, cfg.kafka.topics.items, sl.learner)
     sched = sl.start_scheduler() if d.leader else None
     try:
         return sl.run(reader, stop, max_steps)
@@ -527,6 +548,8 @@ def _run(
             sched.shutdown(wait=True)
         if reader is not None:
             reader.close()
+        if sl.catalog is not None:
+            sl.catalog.close()
         if sl._dlq is not None:
             sl._dlq.flush()
             sl._dlq.close()

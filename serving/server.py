@@ -164,6 +164,7 @@ class ModelHolder:
             "version": cur.version if cur else None,
             "step": cur.step if cur else None,
             "weights_version": cur.weights_version if cur else None,
+            "catalog_items": len(cur.book.sids) if cur else None,  # the codebook this version decodes
             "pinned": self.pinned,
             "failed": {str(k): f.reason for k, f in self.failed.items()},
         }

@@ -37,6 +37,7 @@ __all__ = [
     "KafkaProducer",
     "OffsetAndMetadata",
     "RewardReader",
+    "TopicFollower",
     "TopicPartition",
     "TopicsError",
     "check_copartitioned",
@@ -352,3 +353,23 @@ class RewardReader:
 
     def close(self) -> None:
         self.consumer.close(autocommit=False)
+
+
+class TopicFollower:
+    """Every message of a topic from its beginning, then the new ones as they come: no group, no
+    commits (the streaming learner's view of the items topic, whose newest event per item wins)."""
+
+    def __init__(self, kcfg: KafkaConfig, topic: str) -> None:
+        ensure_topics(kcfg, [topic])
+        self.consumer = make_consumer(kcfg, None)
+        parts = self.consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        self.consumer.assign(tps)
+        self.consumer.seek_to_beginning(*tps)
+
+    def poll(self, timeout_ms: int = 0) -> list[bytes]:
+        batch = self.consumer.poll(timeout_ms=timeout_ms, max_records=10_000)
+        return [m.value for msgs in batch.values() for m in msgs if m.value is not None]
+
+    def close(self) -> None:
+        self.consumer.close()

@@ -345,3 +345,55 @@ def test_warm_start_from_a_look_back_on_the_rewards_topic(
     on_topic = pq.read_table(tmp / "rec" / "records-00000.parquet").num_rows
     # every record on the topic, less the held-out share (5 % of engaged requests by hash)
     assert 0.9 * on_topic <= state["warm_start"]["records"] <= on_topic
+
+
+def test_new_items_get_sids_while_learning_and_reach_the_server(
+    kafka_cfg: StreamrlConfig, world_on_topic: Path
+) -> None:
+    """Issue #11 §5: items that appear on the items topic get SIDs while the learner runs (existing
+    items keep theirs), the codebook is versioned into the checkpoint, and a push carries it to a
+    server, which decodes over the grown catalog."""
+    import urllib.request
+
+    from tiny_world import start_server
+
+    tmp = world_on_topic
+    before = {
+        r["item_id"]: r["sid"] for r in pq.read_table(tmp / "sids" / "sid_codebook.parquet").to_pylist()
+    }
+    producer = kafka_io.make_producer(kafka_cfg.kafka)
+    new = [f"new-{n}" for n in range(3)]
+    for n, item in enumerate(new):
+        event = {"type": "item", "item_id": item, "ts_ms": 1_700_000_000_000 + n, "title": f"wool hat {n}"}
+        event |= {"category": ["c0", "hats"], "merchant_id": "m-new", "attrs": {"colour": "red"}}
+        producer.send(kafka_cfg.kafka.topics.items, value=json.dumps(event).encode())
+    producer.flush()
+    producer.close()
+    proc = subprocess.run(_learn(kafka_cfg, tmp, "--steps", "4"), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"codebook version 1: {len(before) + 3} items (3 added since start)" in proc.stderr
+    ckpt = CheckpointStore(tmp / "run").latest_valid()
+    assert ckpt is not None
+    meta = json.loads((ckpt[0].path / "sid_meta.json").read_text())
+    after = {r["item_id"]: r for r in pq.read_table(ckpt[0].path / "sid_codebook.parquet").to_pylist()}
+    assert meta["version"] == 1 and meta["items"] == len(before) + 3
+    assert all(after[i]["sid"] == sid for i, sid in before.items())  # nobody re-IDed
+    assert set(new) <= after.keys() and after["new-0"]["merchant_id"] == "m-new"
+    assert len({tuple(r["sid"]) for r in after.values()}) == len(after)  # and no SID shared
+    # a push carries the grown codebook to serving; the server decodes over it
+    sets = [x for o in [*overrides(kafka_cfg), f"serving.root={tmp / 'serving'}"] for x in ("--set", o)]
+    pushed = subprocess.run(
+        [sys.executable, "-m", "streamrl", "push", "--run-dir", str(tmp / "run"), "--json", *sets],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert json.loads(pushed.stdout)["pushed"], pushed.stdout + pushed.stderr[-2000:]
+    server, hello = start_server(sets)
+    try:
+        assert hello["version"] == 1 and hello["catalog_items"] == len(before) + 3
+        with urllib.request.urlopen(f"{hello['serving']}/version", timeout=30) as resp:
+            assert json.loads(resp.read())["catalog_items"] == len(before) + 3
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
