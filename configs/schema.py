@@ -116,6 +116,8 @@ class KafkaConfig(Section):
                 f"kafka.sasl_mechanism {m} needs kafka.security_protocol SASL_SSL (or SASL_PLAINTEXT), "
                 f"not {self.security_protocol}"
             )
+        if m == "AWS_MSK_IAM" and self.security_protocol != "SASL_SSL":
+            raise ValueError("kafka.sasl_mechanism AWS_MSK_IAM needs kafka.security_protocol SASL_SSL")
         if self.security_protocol.startswith("SASL_") and not m:
             raise ValueError(f"kafka.security_protocol {self.security_protocol} needs kafka.sasl_mechanism")
         if m in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512") and not self.sasl_plain_username:

@@ -39,10 +39,22 @@ class CatalogWatch:
         self.follower = TopicFollower(kcfg, topic)
         meta = json.loads((learner.codebook_dir / META_FILE).read_text())
         self.encoder_name = str(meta["encoder"])
+        # what load_encoder takes: the spec `sids build` recorded; a hash encoder's name is one too
+        spec = meta.get("encoder_spec") or (
+            self.encoder_name if self.encoder_name.startswith("hash") else None
+        )
+        self.encoder_spec: str | None = spec
         self.version = int(meta.get("version", 0))
         self._encoder: Encoder | None = None
         self.added = 0
         self.refused = 0
+        self.dirty = False  # items added since the last saved version
+        if spec is None:
+            log.warning(
+                "codebook encoder %s has no loadable spec (built before codebooks recorded one): new "
+                "items are not followed; rebuild the codebook with `streamrl sids build` to follow them",
+                self.encoder_name,
+            )
 
     def poll(self, learner: Learner) -> list[Row]:
         """SIDs for the items the codebook does not know yet, among what arrived on the topic."""
@@ -56,11 +68,16 @@ class CatalogWatch:
                 fresh[ev.item_id] = CatalogItem(
                     ev.item_id, ev.title, ev.category, ev.merchant_id, dict(ev.attrs)
                 )
-        if not fresh:
+        if not fresh or self.encoder_spec is None:
             return []
-        if self._encoder is None:
-            self._encoder = load_encoder(self.encoder_name)
-        x = self._encoder.encode([it.text() for it in fresh.values()])
+        try:
+            if self._encoder is None:
+                self._encoder = load_encoder(self.encoder_spec)
+            x = self._encoder.encode([it.text() for it in fresh.values()])
+        except (OSError, ValueError, RuntimeError) as exc:  # never a crash loop over one catalog event
+            log.error("new items not followed from now on: encoder %s failed: %s", self.encoder_spec, exc)
+            self.encoder_spec = None
+            return []
         rows: list[Row] = []
         for it, vec in zip(fresh.values(), x, strict=True):
             try:
@@ -73,7 +90,10 @@ class CatalogWatch:
         return rows
 
     def save_version(self, learner: Learner, run_dir: Path) -> Path:
-        """The grown codebook as the next version, pinned under RUN_DIR/codebook/<sha>/."""
+        """The grown codebook as the next version, pinned under RUN_DIR/codebook/<sha>/ (at a
+        checkpoint: the checkpoint copies it); older pinned copies are removed (checkpoints hold
+        their own)."""
+        self.dirty = False
         self.version += 1
         items = {
             i: CatalogItem(i, "", tuple(learner.category.get(i, ())), _merchant(learner, i), {})
@@ -81,10 +101,13 @@ class CatalogWatch:
         }
         tmp = run_dir / f".codebook-v{self.version}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
-        save_codebook(learner.book, items, tmp, self.encoder_name, self.version)
+        save_codebook(learner.book, items, tmp, self.encoder_name, self.version, self.encoder_spec)
         learner.codebook_dir = tmp
         pin_codebook(learner, run_dir)
         shutil.rmtree(tmp, ignore_errors=True)
+        for old in (run_dir / "codebook").iterdir():
+            if old != learner.codebook_dir and old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
         log.info(
             "codebook version %d: %d items (%d added since start) in %s",
             self.version,

@@ -52,9 +52,9 @@ class Dist:
         return self.rank == 0
 
     def share(self, n: int) -> slice:
-        """This rank's contiguous share of n items (n divisible by world)."""
-        per = n // self.world
-        return slice(self.rank * per, (self.rank + 1) * per)
+        """This rank's contiguous share of n items, balanced when n does not divide (a warm start
+        or an offline run over fewer usable prompts than the batch); a rank may get none."""
+        return slice(self.rank * n // self.world, (self.rank + 1) * n // self.world)
 
 
 SINGLE = Dist()
@@ -117,13 +117,16 @@ def sum_gradients(d: Dist, params: list[torch.nn.Parameter]) -> None:
         return
     import torch.distributed as dist
 
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
     dist.all_reduce(flat)
     offset = 0
-    for p, g in zip(params, grads, strict=True):
-        n = g.numel()
-        p.grad = flat[offset : offset + n].view_as(g).clone()
+    for p in params:  # back in place: no third copy of the gradients alive at the peak
+        n = p.numel()
+        summed = flat[offset : offset + n].view_as(p)
+        if p.grad is None:
+            p.grad = summed
+        else:
+            p.grad.copy_(summed)
         offset += n
 
 

@@ -61,11 +61,21 @@ class LocalSentenceEncoder:
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         import torch
 
-        chunks = []
+        if not texts:
+            return np.zeros((0, 1), np.float32)
+        # batches of texts of similar token length: a batch is padded to its longest text, and in
+        # catalog order padding was 45 % of the tokens the model ran on (ESCI titles: 1.8x the real
+        # tokens); the attention mask and masked pooling keep each row independent of its batch
+        lengths = [
+            len(ids) for ids in self.tokenizer(list(texts), truncation=True, max_length=128)["input_ids"]
+        ]
+        order = sorted(range(len(texts)), key=lambda i: lengths[i])
+        out = np.zeros((len(texts), self.model.config.hidden_size), np.float32)
         with torch.no_grad():
-            for i in range(0, len(texts), self.batch_size):
+            for start in range(0, len(order), self.batch_size):
+                rows = order[start : start + self.batch_size]
                 batch = self.tokenizer(
-                    list(texts[i : i + self.batch_size]),
+                    [texts[i] for i in rows],
                     padding=True,
                     truncation=True,
                     max_length=128,
@@ -74,8 +84,8 @@ class LocalSentenceEncoder:
                 hidden = self.model(**batch).last_hidden_state  # [B, T, D]
                 mask = batch["attention_mask"].unsqueeze(-1).float()  # [B, T, 1]
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-                chunks.append(torch.nn.functional.normalize(pooled, dim=-1).numpy())
-        return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros((0, 1), np.float32)
+                out[rows] = torch.nn.functional.normalize(pooled, dim=-1).numpy()
+        return out
 
 
 def load_encoder(spec: str) -> Encoder:

@@ -291,7 +291,7 @@ class Learner:
         self.opt.zero_grad(set_to_none=True)
         B, G, L = len(batch.prompts), self.cfg.group_size, self.vocab.L
         mine = self.dist.share(B)
-        size = self.cfg.micro_batch or (mine.stop - mine.start)
+        size = self.cfg.micro_batch or max(mine.stop - mine.start, 1)
         parts = [(i, _slice(batch, i, min(i + size, mine.stop))) for i in range(mine.start, mine.stop, size)]
         sft = sft or self.cfg.algo == "sft"
         # one uniform per rollout token, drawn for the whole batch: micro-batches sample what one would

@@ -194,9 +194,16 @@ def level_sizes(book: SidCodebook) -> list[int]:
 
 
 def save_codebook(
-    book: SidCodebook, items: dict[str, CatalogItem], out: Path, encoder: str, version: int = 0
+    book: SidCodebook,
+    items: dict[str, CatalogItem],
+    out: Path,
+    encoder: str,
+    version: int = 0,
+    encoder_spec: str | None = None,
 ) -> None:
-    """The codebook files; `version` counts the codebook's incremental growths (0: as built)."""
+    """The codebook files; `version` counts the codebook's incremental growths (0: as built);
+    `encoder_spec` is what `load_encoder` takes to embed new items the same way (`minilm`, `hash-256`, a
+    folder)."""
     import json
 
     import pyarrow as pa
@@ -224,6 +231,7 @@ def save_codebook(
                 "levels": list(book.levels),
                 "unique": list(book.unique),
                 "encoder": encoder,
+                "encoder_spec": encoder_spec,
                 "length": book.length,
                 "version": version,
                 "items": len(book.sids),

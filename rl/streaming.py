@@ -125,6 +125,7 @@ class StreamingLearner:
         lc = cfg.learn
         self.buffer = SampleBuffer(lc.buffer_size, lc.buffer_max_age_s, lc.max_reuse)
         self.heldout: deque[dict[str, Any]] = deque(maxlen=cfg.push.heldout_max)
+        self.heldout_ids: set[str] = set()  # a request read twice (a restart) is held out once
         self.rng = random.Random(seed)
         self.catalog: CatalogWatch | None = None  # rank 0: new items on the items topic get SIDs
         self.idle_s = 0.0  # time the loop waited with too few fresh prompts to step (max_reuse)
@@ -159,7 +160,8 @@ class StreamingLearner:
         the sampling buffer with its use counts, and the buffer's sampling generator, so the first
         steps after a restart see the same kind of data the last ones did."""
         if (self.run_dir / HELDOUT).exists():
-            self.heldout.extend(read_records([self.run_dir / HELDOUT]))
+            for r in read_records([self.run_dir / HELDOUT]):
+                self._hold_out(r)
         if (checkpoint / BUFFER).exists():
             n = self.buffer.load(checkpoint / BUFFER)
             self.newest = max((r["ts_ms"] for r, _ in self.buffer.entries), default=0)
@@ -246,6 +248,7 @@ class StreamingLearner:
                 "warm start: no usable records in the last %s s of the rewards topic yet; waiting",
                 wc.lookback_s,
             )
+            self._publish(force=True)  # waiting is healthy: the heartbeat goes on
             if distributed.broadcast(d, stop.wait(10.0) if d.leader else None):
                 return False
         if d.on:
@@ -257,7 +260,7 @@ class StreamingLearner:
         def progress(step: int, of: int, loss: float) -> None:
             self.warm = {"step": step, "of": of, "loss": loss}
             self.curves.scalars("warm_start", {"loss": loss}, step)
-            self._publish(force=True)
+            self._publish()
 
         self.warm = {"step": 0, "of": wc.steps}
         self._publish(force=True)
@@ -282,6 +285,8 @@ class StreamingLearner:
         """The loop; `reader` is rank 0's (None on the other ranks, which get what it read)."""
         lc, ck = self.cfg.learn, self.cfg.checkpoint
         taken = 0
+        if self.dist.on:  # the weights each rank read at start may differ: rank 0's count
+            self.learner.policy = distributed.broadcast(self.dist, self.learner.policy)
         while True:
             began = time.monotonic()
             # rank 0 looks at the world; every rank then applies the same (rl/distributed.py)
@@ -345,7 +350,7 @@ class StreamingLearner:
         added = self.learner.add_items(rows)
         if added and self.catalog is not None:
             self.catalog.added += added
-            self.catalog.save_version(self.learner, self.run_dir)
+            self.catalog.dirty = True  # written as the next version at the next checkpoint
 
     def _publish(self, force: bool = False) -> None:
         publish(self, force)
@@ -357,10 +362,21 @@ class StreamingLearner:
         for r in records:
             engaged = any(i["clicked"] or i["ordered"] for i in r["items"])
             if engaged and pc.heldout_percent and is_heldout(r["request_id"], pc.heldout_percent):
-                self.heldout.append(r)
+                self._hold_out(r)
             else:
                 train.append(r)
         return train
+
+    def _hold_out(self, record: dict[str, Any]) -> None:
+        """Into the gate's held-out set, once per request (the gate pairs requests: a duplicate
+        would count twice), the oldest leaving past push.heldout_max."""
+        rid = record["request_id"]
+        if rid in self.heldout_ids:
+            return
+        if len(self.heldout) == self.heldout.maxlen:
+            self.heldout_ids.discard(self.heldout[0]["request_id"])
+        self.heldout.append(record)
+        self.heldout_ids.add(rid)
 
     def _admit(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Records the learner cannot use — none shown, or over the join's bounds (a producer other
@@ -413,6 +429,8 @@ class StreamingLearner:
         if not self.dist.leader or reader is None:
             self.last_saved_step = self.learner.steps
             return
+        if self.catalog is not None and self.catalog.dirty:
+            self.catalog.save_version(self.learner, self.run_dir)
         version, internal, gauss = self.rng.getstate()
         path = save(
             self.store,
@@ -476,12 +494,26 @@ class StreamingLearner:
             )
         except (CheckpointError, OSError, ValueError) as exc:
             log.error("reset to version %d refused, continuing as before: %s", version, exc)
+            fresh = None
+        if not all(distributed.gather(self.dist, fresh is not None)):  # every rank resets, or none
             old.resets_done.add(str(rid))
             return
+        assert fresh is not None
+        # the codebook only grows: items added after that version keep their SIDs
+        carried = fresh.add_items(
+            [
+                (i, sid, tuple(old.category.get(i, ())), old.info[i].merchant_id if i in old.info else "")
+                for i, sid in old.book.sids.items()
+                if i not in fresh.book.sids
+            ]
+        )
+        if carried and self.catalog is not None:
+            self.catalog.dirty = True  # the next checkpoint writes them as the codebook's next version
         self._join(fresh)
         if self.dist.leader:
             pin_codebook(fresh, self.run_dir)
         fresh.steps = max(old.steps, fresh.steps)  # checkpoint steps only grow
+        fresh.lr_origin = fresh.steps  # a fresh optimiser: the schedule (warm-up first) starts again
         fresh.resets_done = {*old.resets_done, str(rid)}
         fresh.ctr = old.ctr  # what the stream taught about CTR is not undone by a rollback
         self.learner = fresh

@@ -78,11 +78,11 @@ def run_warm_start(
             return None
         stats = learner.step(learner.make_batch(rng.sample(prompts, min(B, len(prompts)))), sft=True)
         loss = stats.values.get("loss", loss)
-        if step % every == 0 or step == wc.steps:
+        if progress:  # every step: /healthz's heartbeat and the curves
+            progress(step, wc.steps, loss)
+        if (step % every == 0 or step == wc.steps) and learner.dist.leader:
             line = {"warm_start_step": step, "of": wc.steps, "loss": round(loss, 4)}
             print(json.dumps(line), flush=True)
-            if progress:
-                progress(step, wc.steps, loss)
     learner.reset_optimizer()
     if learner.cfg.beta > 0 and learner.cfg.algo != "sft":
         learner.anchor()

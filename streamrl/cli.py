@@ -365,7 +365,7 @@ def sids_build(
         raise typer.Exit(2) from None
     ids = sorted(catalog)
     book = SidCodebook(sizes, (n_unique, size)).build(ids, enc.encode([catalog[i].text() for i in ids]), seed)
-    save_codebook(book, catalog, out, enc.name)
+    save_codebook(book, catalog, out, enc.name, encoder_spec=encoder)
     stats = book.stats()
     if not as_json:
         console.print(

@@ -101,7 +101,7 @@ def build_sids(world: World, out: Path, encoder: str) -> None:
     ids = sorted(catalog)
     enc = load_encoder(encoder)
     book = SidCodebook((64, 16, 8), (2, 16)).build(ids, enc.encode([catalog[i].text() for i in ids]), seed=0)
-    save_codebook(book, catalog, out, enc.name)
+    save_codebook(book, catalog, out, enc.name, encoder_spec=encoder)
 
 
 def log_backlog(sim: Simulator, world: World, out: Path, cfg: StreamrlConfig, seconds: float) -> int:

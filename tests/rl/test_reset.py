@@ -61,3 +61,26 @@ def test_reset_request_is_honoured_once(tmp_path: Path) -> None:
     assert again.learner.ctr.score(query, probe, ts) != StreamingLearner(
         cfg, tmp_path / "sids", tmp_path / "fresh", seed=0
     ).learner.ctr.score(query, probe, ts)
+
+
+def test_a_request_read_again_is_held_out_once(tmp_path: Path) -> None:
+    """Issue #11 §3–4: after a restart the reader may deliver held-out requests again; the gate pairs
+    requests, so each is held out once (and still never trained on)."""
+    build_tiny_world(tmp_path)
+    cfg = load_config(overrides=[*TINY_LEARN, "push.heldout_percent=50", f"serving.root={tmp_path / 's'}"])
+    sl = StreamingLearner(cfg, tmp_path / "sids", tmp_path / "run", seed=0)
+    records = load_records(tmp_path / "rec")
+    train = sl._split(records)
+    held = len(sl.heldout)
+    assert held > 0 and len(train) == len(records) - held
+    again = sl._split(records)  # the same requests again
+    assert len(sl.heldout) == held and {r["request_id"] for r in again} == {r["request_id"] for r in train}
+
+
+def test_uneven_batches_split_over_ranks_without_losing_prompts() -> None:
+    from streamrl.rl.distributed import Dist
+
+    for n, world in ((7, 2), (1, 2), (16, 3), (4, 4)):
+        shares = [Dist(r, world).share(n) for r in range(world)]
+        covered = [i for s in shares for i in range(n)[s]]
+        assert covered == list(range(n)), (n, world)
