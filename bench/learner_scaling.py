@@ -8,7 +8,9 @@ One world (configs/world.yaml, 3000 requests, hash-encoder SIDs), the same globa
 G rollouts: each of N ranks rolls out B/N), the same number of optimiser steps, the same seed. The
 figure is the summary's loop time (`seconds`: the steps only, not start-up). On a CPU host the ranks
 share its cores, so each configuration gets the same cores: 1 rank x T threads against N ranks x T/N
-threads (OMP_NUM_THREADS). The result is printed as a table and one JSON line.
+threads (OMP_NUM_THREADS), with 1 rank x 1 thread beside them for the per-core view. The result is
+printed as a table and one JSON line; the last losses agree when the ranks compute the one-process
+gradient.
 """
 
 from __future__ import annotations
@@ -82,7 +84,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         world(tmp)
-        rows = [learn(tmp, 1, args.cores, args), learn(tmp, 2, max(args.cores // 2, 1), args)]
+        rows = [learn(tmp, 1, args.cores, args), learn(tmp, 1, 1, args)]
+        rows.append(learn(tmp, 2, max(args.cores // 2, 1), args))
     base = rows[0]["steps_per_s"]
     print(
         f"B={args.batch} G={args.group} hidden={args.hidden} layers={args.layers}, "
