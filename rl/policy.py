@@ -297,7 +297,10 @@ def sequence_logp(
     sid_ids = torch.stack([vocab.level_ids[lvl].to(device)[codes[:, lvl]] for lvl in range(vocab.L)], 1)
     full = torch.cat([ids, sid_ids], dim=1)  # [N, T + L]
     full_mask = torch.cat([mask, torch.ones_like(sid_ids)], dim=1)
-    logits = model(input_ids=full, attention_mask=full_mask, position_ids=_positions(full_mask)).logits
+    # use_cache=False: one pass over the whole sequence reads no cache, so none is built (at 0.5B it
+    # was 0.28 MiB per rollout-token of transient on top of the live rollout graph, bench/learner_memory.py)
+    out = model(input_ids=full, attention_mask=full_mask, position_ids=_positions(full_mask), use_cache=False)
+    logits = out.logits
     T = ids.shape[1]
     out = []
     for lvl in range(vocab.L):

@@ -138,6 +138,12 @@ def test_minilm_loads_offline_from_its_pypi_package_and_embeds_meaning(monkeypat
     assert v.shape == (4, 384)
     assert np.allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
     assert v[0] @ v[1] > v[0] @ v[2] + 0.2  # paraphrases are closer than unrelated items
+    # each distinct text once, batched by length, returned in the caller's order: a repeated text
+    # gets the same vector bit for bit, and batching changes nothing (vs one text at a time)
+    texts = ["red wool hat", "a much longer title of a blue cotton shirt with buttons", "red wool hat", "x"]
+    x = enc.encode(texts)
+    assert x.shape == (4, 384) and np.array_equal(x[0], x[2]) and not np.allclose(x[0], x[1])
+    np.testing.assert_allclose(x, np.stack([enc.encode([t])[0] for t in texts]), atol=1e-5)
 
 
 def test_a_build_that_would_collide_is_refused_with_the_unique_that_fits(tmp_path: Path) -> None:
