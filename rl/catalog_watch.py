@@ -19,7 +19,6 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any
 
 from streamrl.configs.schema import KafkaConfig
 from streamrl.rl.checkpointing import pin_codebook
@@ -96,8 +95,8 @@ class CatalogWatch:
         self.dirty = False
         self.version += 1
         items = {
-            i: CatalogItem(i, "", tuple(learner.category.get(i, ())), _merchant(learner, i), {})
-            for i in learner.book.sids
+            i: CatalogItem(i, "", category, merchant, {})
+            for i, _sid, category, merchant in map(learner.item_row, learner.book.sids)
         }
         tmp = run_dir / f".codebook-v{self.version}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -119,8 +118,3 @@ class CatalogWatch:
 
     def close(self) -> None:
         self.follower.close()
-
-
-def _merchant(learner: Learner, item: str) -> str:
-    info: Any = learner.info.get(item)
-    return str(info.merchant_id) if info is not None else ""

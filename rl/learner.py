@@ -131,6 +131,12 @@ class Learner:
         self.resets_done: set[str] = set()  # rollback --reset-learner requests already honoured
         self.dist: distributed.Dist = distributed.SINGLE  # this process's rank (rl/distributed.py)
 
+    def item_row(self, item_id: str) -> tuple[str, tuple[int, ...], tuple[str, ...], str]:
+        """(item, SID, category, merchant) of a codebook item: what `add_items` takes."""
+        info = self.info.get(item_id)
+        merchant = info.merchant_id if info is not None else ""
+        return item_id, self.book.sids[item_id], tuple(self.category.get(item_id, ())), merchant
+
     def add_items(self, rows: list[tuple[str, tuple[int, ...], tuple[str, ...], str]]) -> int:
         """New catalog items with the SIDs rank 0 assigned them (rl/catalog_watch.py): into the
         codebook, the reward tables and the decoding trie, from this step on; existing items keep

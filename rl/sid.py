@@ -251,11 +251,6 @@ def load_codebook(folder: Path) -> tuple[SidCodebook, dict[str, Any]]:
     book = SidCodebook(tuple(meta["levels"]), (meta["unique"][0], meta["unique"][1]))
     tensors = load_file(str(folder / CENTROIDS_FILE))
     book.centroids = [tensors[f"level_{i}"].astype(np.float64) for i in range(len(book.levels))]
-    n_levels, size = book.unique
     for row in pq.read_table(folder / CODEBOOK_FILE).to_pylist():
-        sid = tuple(row["sid"])
-        book.sids[row["item_id"]] = sid
-        prefix, digits = sid[: len(book.levels)], sid[len(book.levels) :]
-        number = sum(d * size ** (n_levels - 1 - p) for p, d in enumerate(digits))
-        book._next_unique[prefix] = max(book._next_unique.get(prefix, 0), number + 1)
+        book.place(row["item_id"], tuple(row["sid"]))
     return book, meta

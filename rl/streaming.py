@@ -500,13 +500,7 @@ class StreamingLearner:
             return
         assert fresh is not None
         # the codebook only grows: items added after that version keep their SIDs
-        carried = fresh.add_items(
-            [
-                (i, sid, tuple(old.category.get(i, ())), old.info[i].merchant_id if i in old.info else "")
-                for i, sid in old.book.sids.items()
-                if i not in fresh.book.sids
-            ]
-        )
+        carried = fresh.add_items([old.item_row(i) for i in old.book.sids if i not in fresh.book.sids])
         if carried and self.catalog is not None:
             self.catalog.dirty = True  # the next checkpoint writes them as the codebook's next version
         self._join(fresh)
